@@ -1,0 +1,67 @@
+"""The `models` and `download` commands: what can be run, how good it is, whether it is on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .errors import UsageError
+from .registry import WeightsSpec, architectures, get_arch, get_weights
+from .weights import cached_file, fetch, offline_from_env
+
+
+def _weights_json(spec: WeightsSpec) -> dict:
+    return {
+        "name": spec.name,
+        "acc@1": spec.acc1,
+        "acc@5": spec.acc5,
+        "params": spec.num_params,
+        "gflops": spec.gflops,
+        "file_size_mb": spec.file_size_mb,
+        "resize": spec.preprocess.resize,
+        "crop": spec.preprocess.crop,
+        "url": spec.url,
+        "cached": cached_file(spec).is_file(),
+    }
+
+
+def models_json() -> list[dict]:
+    """`models --format json`: [{"arch", "default", "weights": [{"name", "acc@1", ...}]}] (README contract)."""
+    return [
+        {"arch": a.name, "default": a.default, "weights": [_weights_json(w) for w in a.weights.values()]}
+        for a in architectures().values()
+    ]
+
+
+def print_models_table() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ResNet family, torchvision ImageNet-1K weights", title_justify="left")
+    for col, just in (("arch", "left"), ("weights", "left"), ("acc@1", "right"), ("acc@5", "right"),
+                      ("params", "right"), ("GFLOPS", "right"), ("size", "right"), ("resize/crop", "right"),
+                      ("cached", "center")):
+        table.add_column(col, justify=just)
+    for a in architectures().values():
+        for i, w in enumerate(a.weights.values()):
+            default = " [dim](default)[/]" if w.name == a.default else ""
+            table.add_row(
+                a.name if i == 0 else "", w.name + default, f"{w.acc1:.2f}", f"{w.acc5:.2f}",
+                f"{w.num_params / 1e6:.1f}M", f"{w.gflops:.2f}", f"{w.file_size_mb:.0f} MB",
+                f"{w.preprocess.resize}/{w.preprocess.crop}",
+                "[green]✓[/]" if cached_file(w).is_file() else "[dim]-[/]",
+            )
+        table.add_section()
+    Console().print(table)
+
+
+def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False) -> Iterator[str]:
+    """Fetch weights into the hub cache; yields one line per file: its path, and whether it was there."""
+    if offline_from_env():
+        raise UsageError("download: the network is off (RESNET_CLASSIFY_OFFLINE is set)")
+    archs = list(architectures().values()) if arch.lower() == "all" else [get_arch(arch)]
+    for a in archs:
+        specs = list(a.weights.values()) if weights.lower() == "all" else [get_weights(a, weights)]
+        for spec in specs:
+            was_cached = cached_file(spec).is_file()
+            path = fetch(spec, offline=False, quiet=quiet)
+            yield f"{spec.full_name}\t{path}\t{'already cached' if was_cached else 'downloaded'}"

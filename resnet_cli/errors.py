@@ -1,0 +1,60 @@
+"""Every error the library raises, and the exit codes the CLI maps them to.
+
+Two families:
+- `UsageError`: the run as asked cannot start (unknown architecture, bad option, weights that do not fit).
+  The CLI prints one line and exits 2.
+- `InputError`: one input cannot be classified (missing, truncated, not an image, ...). The pipeline turns it
+  into a failure record in that input's place and goes on; the run exits 1 at the end.
+`WeightsUnavailable` is a usage error with a longer, multi-line explanation (what to fetch, where to put it).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+    INTERRUPTED = 130  # 128 + SIGINT
+    TERMINATED = 143  # 128 + SIGTERM
+
+
+class ResnetCliError(Exception):
+    """Base of the errors this package raises on purpose."""
+
+
+class UsageError(ResnetCliError):
+    """The run cannot start as asked; exit code 2."""
+
+
+class WeightsUnavailable(UsageError):
+    """Published weights are neither cached nor downloadable (offline, no network, bad hash)."""
+
+
+class InputError(ResnetCliError):
+    """One input cannot be classified. `kind` is the stable, documented error type of the failure record."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+# The documented vocabulary of failure-record error types (README, "Failure records").
+NOT_FOUND = "not_found"
+PERMISSION_DENIED = "permission_denied"
+IS_A_DIRECTORY = "is_a_directory"
+EMPTY_FILE = "empty_file"
+TRUNCATED = "truncated"
+NOT_AN_IMAGE = "not_an_image"
+UNSUPPORTED_FORMAT = "unsupported_format"
+DECOMPRESSION_BOMB = "decompression_bomb"
+CORRUPT = "corrupt"
+TOO_SMALL = "too_small"
+DOWNLOAD_FAILED = "download_failed"
+TOO_LARGE = "too_large"
+TIMEOUT = "timeout"
+UNREADABLE_FOLDER = "unreadable_folder"
+INTERNAL_ERROR = "internal_error"  # a bug in this program; please report it

@@ -1,0 +1,95 @@
+"""Running the network on a batch: device and precision choice, and the fastest correct path for each.
+
+CPU: oneDNN fused kernels (`fused.py`) in fp32 or bf16, else the eager module in channels_last.
+CUDA: the eager module in channels_last with cuDNN autotuning; uint8 batches go over in pinned memory,
+    non-blocking, and are normalised on the GPU (a quarter of the bytes of a float batch).
+MPS: the eager module.
+Precision: fp32 (default, exact: top-5 as torchvision's reference), bf16 (CPUs with AVX-512 BF16/AMX, CUDA),
+fp16 (CUDA, MPS). Softmax is always taken in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UsageError
+from .preprocess import normalize
+from .registry import Preprocess
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: Apple's Metal backend is not available here")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    from . import fused
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    dtype = PRECISIONS[precision]
+    if device.type == "cpu":
+        if dtype == torch.float16:
+            raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")
+        if dtype == torch.bfloat16 and not fused.bf16_supported():
+            raise UsageError("--precision bf16: this CPU has no fast bfloat16 support (AVX-512 BF16 or AMX)")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UsageError("--precision bf16: this GPU does not support bfloat16; use fp16")
+    if device.type == "mps" and dtype == torch.bfloat16:
+        raise UsageError("--precision bf16 is not supported on mps; use fp16")
+    return dtype
+
+
+class Predictor:
+    """Callable: (N, H, W, 3) uint8 CPU tensor -> (top-k probabilities, top-k indices), float32/int64 on CPU."""
+
+    def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype,
+                 topk: int, batch_size: int, use_fused: bool = True) -> None:
+        from . import fused
+
+        self.preprocess = preprocess
+        self.device = device
+        self.dtype = dtype
+        self.topk = topk
+        if device.type == "cpu" and use_fused and fused.available():
+            self.forward = fused.FusedResNet(module, dtype, batch_size, preprocess.crop)
+            self.backend = "cpu-fused"
+        else:
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            self.forward = module.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+            self.backend = f"{device.type}-eager"
+
+    @torch.inference_mode()
+    def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type == "cuda":
+            batch_u8 = batch_u8.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            batch_u8 = batch_u8.to(self.device)
+        x = normalize(batch_u8, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
+        logits = self.forward(x).float()
+        probs = torch.softmax(logits, dim=1)
+        values, indices = probs.topk(self.topk, dim=1)
+        return values.cpu(), indices.cpu()

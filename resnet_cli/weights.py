@@ -1,0 +1,247 @@
+"""Finding, downloading and loading weights.
+
+Published weights live where torchvision keeps them, `$TORCH_HOME/hub/checkpoints/<file name from the URL>`
+(TORCH_HOME defaults to `$XDG_CACHE_HOME/torch`, then `~/.cache/torch`), so files a user already downloaded
+through torchvision are reused and the other way round. A missing file is downloaded with a progress bar on
+stderr, its SHA-256 checked against the prefix in its name, and renamed into place only when complete.
+`--offline` or RESNET_CLASSIFY_OFFLINE=1 never touches the network.
+
+Every checkpoint is read with `torch.load(..., weights_only=True)`: plain tensors only, so a file whose
+unpickling would run code is refused and its code never runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import net
+from .errors import UsageError, WeightsUnavailable
+from .registry import ArchSpec, Preprocess, WeightsSpec, categories, get_weights, looks_like_weights_name
+
+OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
+
+
+def offline_from_env() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def torch_home() -> Path:
+    """torch.hub's rule, without importing torch."""
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(os.environ.get("TORCH_HOME", default)))
+
+
+def checkpoints_dir() -> Path:
+    return torch_home() / "hub" / "checkpoints"
+
+
+def cached_file(spec: WeightsSpec) -> Path:
+    return checkpoints_dir() / spec.file_name
+
+
+def is_cached(spec: WeightsSpec) -> bool:
+    return cached_file(spec).is_file()
+
+
+def _unavailable(spec: WeightsSpec, why: str) -> WeightsUnavailable:
+    dest = cached_file(spec)
+    return WeightsUnavailable(
+        f"weights {spec.full_name} are not in the cache and {why}.\n"
+        f"  file:  {spec.file_name} ({spec.file_size_mb:.1f} MB, sha256 {spec.sha256_prefix}...)\n"
+        f"  cache: {dest.parent}\n"
+        f"  fetch by hand on a machine with network, then copy it into the cache:\n"
+        f"    curl -L -o {dest} {spec.url}\n"
+        f"  or classify with a local checkpoint: --weights PATH (.pth, .pt or .safetensors)"
+    )
+
+
+def _progress_printer(spec: WeightsSpec, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        f"[bold]{spec.file_name}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        transient=True,
+    )
+    task = progress.add_task("download", total=None)
+
+    def update(done: int, total: int | None) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False) -> Path:
+    """The cached checkpoint of published weights, downloading it first unless `offline`."""
+    dest = cached_file(spec)
+    if dest.is_file():
+        return dest
+    if offline:
+        raise _unavailable(spec, "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)")
+    if not quiet:
+        print(f"resnet-classify: downloading {spec.full_name} ({spec.file_size_mb:.1f} MB) to {dest}",
+              file=sys.stderr)
+    progress, update = _progress_printer(spec, quiet)
+    try:
+        if progress is not None:
+            with progress:
+                net.download(spec.url, dest, sha256_prefix=spec.sha256_prefix, progress=update)
+        else:
+            net.download(spec.url, dest, sha256_prefix=spec.sha256_prefix)
+    except net.NetworkError as exc:
+        raise _unavailable(spec, f"downloading it failed: {exc}") from None
+    except OSError as exc:
+        raise _unavailable(spec, f"it cannot be written there: {exc}") from None
+    return dest
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """A state dict from a .pth/.pt file (bare, or under "state_dict" or "model" as training scripts save it,
+    with DataParallel's "module." prefix removed) or from a .safetensors file."""
+    import pickle
+
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UsageError(f"checkpoint {path}: no such file")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UsageError(f"checkpoint {path}: .safetensors needs the safetensors package") from None
+        try:
+            obj = load_file(path)
+        except Exception as exc:
+            raise UsageError(f"checkpoint {path}: not a readable safetensors file ({exc})") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"checkpoint {path}: refused, it holds more than tensors and loading it could run code "
+                f"(weights_only=True: {first})"
+            ) from None
+        except Exception as exc:
+            raise UsageError(f"checkpoint {path}: not a readable PyTorch checkpoint ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"checkpoint {path}: no state dict of tensors found in it")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def build_model(arch: ArchSpec, state_dict: dict, source: str):
+    """The architecture with these weights, in eval mode. The class count is read off the head's weight; a
+    checkpoint that does not fit is a usage error naming the first key that differs."""
+    import torch
+
+    from .model import build
+
+    fc = state_dict.get("fc.weight")
+    if fc is None or fc.dim() != 2:
+        raise UsageError(f"checkpoint {source} does not fit {arch.name}: it has no fc.weight head")
+    model = build(arch, num_classes=fc.shape[0])
+    expected = model.state_dict()
+    state = dict(state_dict)
+    for key, want in expected.items():
+        got = state.get(key)
+        if got is None and key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.long)  # older checkpoints predate this buffer
+            continue
+        if got is None:
+            raise UsageError(f"checkpoint {source} does not fit {arch.name}: missing key {key!r}")
+        if tuple(got.shape) != tuple(want.shape):
+            raise UsageError(
+                f"checkpoint {source} does not fit {arch.name}: {key!r} has shape {tuple(got.shape)}, "
+                f"{arch.name} needs {tuple(want.shape)}"
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise UsageError(f"checkpoint {source} does not fit {arch.name}: unexpected key {extra[0]!r}")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            labels = tuple(line.rstrip("\r\n") for line in f if line.strip())
+    except OSError as exc:
+        raise UsageError(f"labels file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"labels file {path}: not UTF-8 text") from None
+    if len(labels) != num_classes:
+        raise UsageError(f"labels file {path} has {len(labels)} labels; the checkpoint has {num_classes} classes")
+    return labels
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    arch: ArchSpec
+    weights: str  # the published name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
+    preprocess: Preprocess
+    labels: tuple[str, ...]
+    module: object  # model.ResNet, in eval mode, on the CPU
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def resolve_spec(arch: ArchSpec, weights: str) -> WeightsSpec | None:
+    """The published weights `weights` names, or None when it names a checkpoint file."""
+    if looks_like_weights_name(weights) and not os.path.exists(weights):
+        return get_weights(arch, weights)
+    return None
+
+
+def override_preprocess(pre: Preprocess, resize: int | None, crop: int | None) -> Preprocess:
+    """`--resize`/`--crop`: the one not given keeps the weights' crop-to-resize ratio (224/256 for V1 weights),
+    so `--crop 320` alone classifies at 320 with the framing the weights were evaluated with."""
+    from dataclasses import replace
+
+    for name, value in (("--resize", resize), ("--crop", crop)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1 (got {value})")
+    if resize is None and crop is None:
+        return pre
+    if resize is None:
+        resize = max(1, round(crop * pre.resize / pre.crop))
+    if crop is None:
+        crop = max(1, round(resize * pre.crop / pre.resize))
+    return replace(pre, resize=resize, crop=crop)
+
+
+def load(arch: ArchSpec, weights: str = "DEFAULT", *, offline: bool = False, labels_file: str | None = None,
+         resize: int | None = None, crop: int | None = None, quiet: bool = False) -> LoadedModel:
+    """Everything a run needs to classify: the model with its weights, its preprocessing and its labels.
+    Published weights bring their own preprocessing; a checkpoint file uses the architecture's DEFAULT's.
+    `resize`/`crop` override either."""
+    spec = resolve_spec(arch, weights)
+    if spec is not None:
+        state = read_state_dict(fetch(spec, offline=offline, quiet=quiet))
+        name, preprocess = spec.full_name, spec.preprocess
+    else:
+        state = read_state_dict(weights)
+        name, preprocess = weights, arch.default_weights.preprocess
+    module = build_model(arch, state, name)
+    num_classes = module.fc.out_features
+    if labels_file:
+        labels = read_labels(labels_file, num_classes)
+    elif num_classes == len(categories()):
+        labels = categories()
+    else:
+        labels = tuple(f"class_{i}" for i in range(num_classes))
+    preprocess = override_preprocess(preprocess, resize, crop)
+    return LoadedModel(arch, name, preprocess, labels, module)

@@ -1,0 +1,306 @@
+"""Output formats, atomic files and --resume.
+
+- jsonl: one record a line, written and flushed as each record is ready. To a file it is written in place,
+  so a crash loses nothing finished; `--resume` repairs a torn last line.
+- json: one array, streamed (`[]` when empty). To a file: written to a temporary file in the same folder and
+  renamed over the target when complete, so readers never see half an array.
+- csv: one row per (path, rank), failures one row with the error columns filled; atomic like json.
+- table: a rich table per image on the terminal; failures as a red line.
+
+File names that are not valid UTF-8 (Linux allows any bytes) reach us as surrogate escapes: JSON writes
+them as `\\udcXX` escapes (json.loads gives back the same str, and os.fsencode the original bytes); CSV
+writes the original bytes; the table shows `\\xNN`. Control characters in names (a newline) are escaped
+by JSON and quoted by CSV, so a record's path always identifies its file.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from .errors import UsageError
+from .records import Failure, Record, Success, from_dict
+
+
+class Format(str, enum.Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+CSV_COLUMNS = ["path", "arch", "weights", "resize", "crop", "rank", "index", "label", "probability",
+               "error_type", "error_message"]
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(obj) -> str:
+    """Compact JSON, UTF-8 friendly (no \\u escapes for ordinary non-ASCII), lone surrogates escaped."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def printable(path: str) -> str:
+    """A path for a one-line human message: undecodable bytes as \\xNN, control characters escaped."""
+    raw = os.fsencode(path) if _LONE_SURROGATE.search(path) else None
+    if raw is not None:
+        path = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+
+
+def can_replace_atomically(path: str) -> bool:
+    """Rename-over is right for a regular file (or a new one); /dev/stdout, a FIFO or a device must be written
+    into, never replaced."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+class AtomicFile:
+    """A binary file that appears at `path` only when committed (temporary file + fsync + rename). A symlink
+    at `path` keeps pointing where it did: the file it points to is the one replaced."""
+
+    def __init__(self, path: str) -> None:
+        path = os.path.realpath(path)
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if os.path.exists(self.path):
+            os.chmod(self.tmp, os.stat(self.path).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+class Writer:
+    """Base: records in, bytes out. `close(ok)` finishes the file (rename for atomic outputs)."""
+
+    def __init__(self, out: BinaryIO, atomic: AtomicFile | None = None, owned: bool = False) -> None:
+        self.out = out
+        self.atomic = atomic
+        self.owned = owned  # a plain file this writer opened and must close
+        self.count = 0
+
+    def write(self, record: Record) -> None:
+        self._write(record)
+        self.count += 1
+
+    def _write(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+    def close(self, ok: bool = True) -> None:
+        if ok:
+            self._finish()
+        self.out.flush()
+        if self.atomic is not None:
+            self.atomic.commit() if ok else self.atomic.abort()
+        elif self.owned:
+            self.out.close()
+
+
+class JsonlWriter(Writer):
+    def _write(self, record: Record) -> None:
+        self.out.write((dumps(record.to_dict()) + "\n").encode("utf-8"))
+        self.out.flush()  # a complete line at a time, so a reader (or --resume) never sees half a record
+
+
+class JsonWriter(Writer):
+    def _write(self, record: Record) -> None:
+        sep = "[\n" if self.count == 0 else ",\n"
+        self.out.write((sep + dumps(record.to_dict())).encode("utf-8"))
+        self.out.flush()
+
+    def _finish(self) -> None:
+        self.out.write(b"[]\n" if self.count == 0 else b"\n]\n")
+
+
+class CsvWriter(Writer):
+    def __init__(self, out: BinaryIO, atomic: AtomicFile | None = None, owned: bool = False) -> None:
+        super().__init__(out, atomic, owned)
+        self._buf = io.StringIO()
+        self._csv = csv.writer(self._buf, lineterminator="\n")
+        self._row(CSV_COLUMNS)
+
+    def _row(self, row) -> None:
+        self._csv.writerow(row)
+        self.out.write(self._buf.getvalue().encode("utf-8", "surrogateescape"))
+        self._buf.seek(0)
+        self._buf.truncate()
+
+    def _write(self, record: Record) -> None:
+        if isinstance(record, Failure):
+            self._row([record.path, "", "", "", "", "", "", "", "", record.type, record.message])
+        else:
+            for p in record.topk:
+                self._row([record.path, record.arch, record.weights, record.resize, record.crop, p.rank,
+                           p.index, p.label, repr(p.probability), "", ""])
+        self.out.flush()
+
+
+class TableWriter(Writer):
+    """For people: one small table per image, streamed as results arrive."""
+
+    def __init__(self, out: BinaryIO, atomic: AtomicFile | None = None, owned: bool = False, *,
+                 color: bool | None = None) -> None:
+        super().__init__(out, atomic, owned)
+        from rich.console import Console
+
+        self._text = io.TextIOWrapper(out, encoding="utf-8", errors="replace", write_through=True)
+        self.console = Console(file=self._text, force_terminal=color, highlight=False, soft_wrap=False)
+
+    def _write(self, record: Record) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        name = escape(printable(record.path))
+        if isinstance(record, Failure):
+            self.console.print(f"[bold]{name}[/]  [red]✗ {record.type}:[/] {escape(record.message)}")
+            return
+        table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
+        table.add_column(justify="right", style="dim")
+        table.add_column(min_width=24)
+        table.add_column(justify="right")
+        table.add_column()
+        for p in record.topk:
+            bar = "█" * max(1, round(p.probability * 20)) if p.probability >= 0.025 else ""
+            style = "bold" if p.rank == 1 else ""
+            table.add_row(str(p.rank), f"[{style}]{escape(p.label)}[/]" if style else escape(p.label),
+                          f"{p.probability:7.2%}", f"[cyan]{bar}[/]")
+        self.console.print(f"[bold]{name}[/]  [dim]{escape(record.weights)}, "
+                           f"resize {record.resize}, crop {record.crop}[/]")
+        self.console.print(table)
+
+    def close(self, ok: bool = True) -> None:
+        self._text.flush()
+        self._text.detach()  # leave the binary stream (stdout) open for whoever owns it
+        super().close(ok)
+
+
+WRITERS = {Format.jsonl: JsonlWriter, Format.json: JsonWriter, Format.csv: CsvWriter, Format.table: TableWriter}
+
+
+def format_for_output(path: str | None, stdout_is_tty: bool) -> Format:
+    """The default format: by the output file's extension, else a table on a terminal, else JSON Lines."""
+    if path:
+        ext = os.path.splitext(path)[1].lower()
+        return {".json": Format.json, ".csv": Format.csv, ".txt": Format.table}.get(ext, Format.jsonl)
+    return Format.table if stdout_is_tty else Format.jsonl
+
+
+# ---- --resume ---------------------------------------------------------------------------------------------
+
+def read_records(path: str, fmt: Format) -> list[Record]:
+    """The records an earlier run left in `path`. A torn last JSON line (a hard kill mid-write) is dropped."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UsageError(f"--resume: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if fmt is Format.jsonl:
+            out = []
+            for line in data.split(b"\n"):
+                try:
+                    out.append(from_dict(json.loads(line.decode("utf-8"))))
+                except (ValueError, KeyError, TypeError):
+                    continue  # the torn tail of an interrupted write; that input is classified again
+            return out
+        if fmt is Format.json:
+            return [from_dict(d) for d in json.loads(data.decode("utf-8"))] if data.strip() else []
+        if fmt is Format.csv:
+            return _read_csv(data.decode("utf-8", "surrogateescape"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume: {path} is not a {fmt.value} file this tool wrote ({exc})") from None
+    raise UsageError(f"--resume works with --format jsonl, json or csv, not {fmt.value}")
+
+
+def _read_csv(text: str) -> list[Record]:
+    from .records import Prediction
+
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    out: list[Record] = []
+    by_path: dict[str, list[dict]] = {}
+    order: list[str] = []
+    for r in rows:
+        if r["path"] not in by_path:
+            order.append(r["path"])
+            by_path[r["path"]] = []
+        by_path[r["path"]].append(r)
+    for path in order:
+        group = by_path[path]
+        first = group[0]
+        if first["error_type"]:
+            out.append(Failure(path, first["error_type"], first["error_message"]))
+            continue
+        topk = tuple(Prediction(int(r["rank"]), int(r["index"]), r["label"], float(r["probability"])) for r in group)
+        out.append(Success(path, first["arch"], first["weights"], int(first["resize"]), int(first["crop"]), topk))
+    return out
+
+
+def open_writer(fmt: Format, output: str | None, *, previous: Iterable[Record] = (), stdout: BinaryIO,
+                color: bool | None = None) -> Writer:
+    """The writer for a run. With `previous` (--resume), the output starts with those records."""
+    previous = list(previous)
+    cls = WRITERS[fmt]
+    kwargs = {"color": color} if fmt is Format.table else {}
+    if output is None:
+        writer = cls(stdout, **kwargs)
+    elif not can_replace_atomically(output):
+        writer = cls(open(output, "wb"), owned=True, **kwargs)
+    elif fmt is Format.jsonl:
+        if previous:
+            # Rewrite what is kept (failures dropped, torn tail gone) atomically, then append in place.
+            atomic = AtomicFile(output)
+            rewrite = JsonlWriter(atomic.file, atomic)
+            for r in previous:
+                rewrite.write(r)
+            rewrite.close()
+            previous = []
+            f = open(output, "ab")
+        else:
+            f = open(output, "wb")
+        writer = cls(f, owned=True)
+    else:
+        atomic = AtomicFile(output)
+        writer = cls(atomic.file, atomic, **kwargs)
+    for r in previous:
+        writer.write(r)
+    return writer
+
+
+def check_resumable(previous: Iterable[Success], arch: str, weights: str) -> None:
+    for r in previous:
+        if (r.arch, r.weights) != (arch, weights):
+            raise UsageError(
+                f"--resume: the file holds results of {r.arch} with {r.weights}; this run uses {arch} with "
+                f"{weights}. Resume with the same --arch and --weights, or write to another file."
+            )
