@@ -1,0 +1,45 @@
+"""The project's ResNet family equals torchvision's: same state-dict layout, same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from resnet_cli import fused, model, registry
+
+ARCHS = list(registry.architectures())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_same_layout_and_same_outputs_as_torchvision(arch):
+    torch.manual_seed(0)
+    ref = torchvision.models.get_model(arch, weights=None).eval()
+    ours = model.build(registry.get_arch(arch))
+    ref_state = ref.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
+           [(k, tuple(v.shape)) for k, v in ref_state.items()]
+    ours.load_state_dict(ref_state, assign=True)  # strict: every key, nothing extra
+    ours.eval()
+    x = torch.randn(2, 3, 96, 80, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_fused_cpu_path_matches_the_eager_module(arch, checkpoint):
+    """BN folding and fused kernels change rounding only; checked on calibrated seeded weights."""
+    assert fused.available()  # x86 builds of torch have oneDNN; the product falls back to eager elsewhere
+    spec = registry.get_arch(arch)
+    m = model.build(spec)
+    m.load_state_dict(torch.load(checkpoint(arch), weights_only=True), assign=True)
+    m.eval()
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        eager = m(x)
+        fast = fused.FusedResNet(m, torch.float32, batch_size=3)(x.contiguous(memory_format=torch.channels_last))
+        other_batch = fused.FusedResNet(m, torch.float32, batch_size=8)(
+            x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast, eager, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(other_batch, eager, atol=2e-4, rtol=1e-4)
+    assert torch.equal(fast.topk(5).indices, eager.topk(5).indices)
