@@ -26,8 +26,19 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey guess
 
 
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+
+
 def _sniff(head: bytes) -> tuple[str, str]:
     """Why bytes Pillow could not identify are not an image we can read: (error type, reason)."""
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic) and len(head) > len(magic):
+            return E.CORRUPT, f"{name} file with a damaged or truncated header"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return E.CORRUPT, "WebP file with a damaged or truncated header"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
         return E.UNSUPPORTED_FORMAT, "SVG is a vector format; render it to PNG first"

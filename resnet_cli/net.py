@@ -76,9 +76,11 @@ def _open(url: str, timeout: float):
         raise NetworkError(E.DOWNLOAD_FAILED, f"connection failed ({exc})") from None
 
 
-def fetch_image_bytes(url: str, *, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_URL_BYTES) -> bytes:
+def fetch_image_bytes(url: str, *, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
     """The body of an image URL; an `InputError` when it cannot be had within the time and size limits.
     Whether the body is an image is the decoder's call (it sniffs HTML, SVG, text), not the Content-Type's."""
+    timeout = URL_TIMEOUT_S if timeout is None else timeout
+    max_bytes = MAX_URL_BYTES if max_bytes is None else max_bytes
     try:
         with _open(url, timeout) as resp:
             length = resp.headers.get("Content-Length")

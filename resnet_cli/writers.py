@@ -181,7 +181,7 @@ class TableWriter(Writer):
 
         name = escape(printable(record.path))
         if isinstance(record, Failure):
-            self.console.print(f"[bold]{name}[/]  [red]✗ {record.type}:[/] {escape(record.message)}")
+            self.console.print(f"[bold]{name}[/]  [red]✗ {record.type}:[/] {escape(record.message)}", soft_wrap=True)
             return
         table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
         table.add_column(justify="right", style="dim")
@@ -194,7 +194,7 @@ class TableWriter(Writer):
             table.add_row(str(p.rank), f"[{style}]{escape(p.label)}[/]" if style else escape(p.label),
                           f"{p.probability:7.2%}", f"[cyan]{bar}[/]")
         self.console.print(f"[bold]{name}[/]  [dim]{escape(record.weights)}, "
-                           f"resize {record.resize}, crop {record.crop}[/]")
+                           f"resize {record.resize}, crop {record.crop}[/]", soft_wrap=True)
         self.console.print(table)
 
     def close(self, ok: bool = True) -> None:
