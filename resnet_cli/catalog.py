@@ -33,25 +33,32 @@ def models_json() -> list[dict]:
 
 
 def print_models_table() -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="ResNet family, torchvision ImageNet-1K weights", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, show_edge=False)
+    # Parameter counts are in --format json; MB tells the same story in fewer columns.
     for col, just in (("arch", "left"), ("weights", "left"), ("acc@1", "right"), ("acc@5", "right"),
-                      ("params", "right"), ("GFLOPS", "right"), ("size", "right"), ("resize/crop", "right"),
-                      ("cached", "center")):
-        table.add_column(col, justify=just)
+                      ("GFLOPS", "right"), ("MB", "right"), ("input", "right"), ("cached", "center")):
+        table.add_column(col, justify=just, no_wrap=True)
     for a in architectures().values():
         for i, w in enumerate(a.weights.values()):
-            default = " [dim](default)[/]" if w.name == a.default else ""
+            default = " [dim]*[/]" if w.name == a.default else ""
             table.add_row(
                 a.name if i == 0 else "", w.name + default, f"{w.acc1:.2f}", f"{w.acc5:.2f}",
-                f"{w.num_params / 1e6:.1f}M", f"{w.gflops:.2f}", f"{w.file_size_mb:.0f} MB",
-                f"{w.preprocess.resize}/{w.preprocess.crop}",
+                f"{w.gflops:.2f}", f"{w.file_size_mb:.0f}",
+                f"{w.preprocess.resize}→{w.preprocess.crop}",
                 "[green]✓[/]" if cached_file(w).is_file() else "[dim]-[/]",
             )
         table.add_section()
-    Console().print(table)
+    table.caption = ("ImageNet-1K accuracy (%) from torchvision. * DEFAULT weights. input: resize→crop.\n"
+                     "Fetch for offline use: resnet-classify download ARCH [--weights NAME|all]")
+    table.caption_justify = "left"
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160  # into a file or pipe: never truncate
+    console.print(table)
 
 
 def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False) -> Iterator[str]:

@@ -121,7 +121,11 @@ def classify(
 
 
 @app.command()
-def models(format: FormatOpt = None) -> None:
+def models(
+    format: Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="table (default on a terminal), json (default otherwise) or jsonl.",
+        show_default=False, case_sensitive=False)] = None,
+) -> None:
     """List the architectures and their published weights: accuracy, size, preprocessing, cached or not."""
     from .catalog import models_json, print_models_table
     from .writers import dumps
@@ -157,7 +161,8 @@ def arch_command(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. resnet50.", show_default=False)],
     input_size: Annotated[str, typer.Option("--input-size", "-s", help="N or HxW.")] = "224",
     blocks: Annotated[bool, typer.Option("--blocks", help="Show every block's main path and shortcut.")] = False,
-    format: FormatOpt = None,
+    format: Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="table (the default) or json.", show_default=False, case_sensitive=False)] = None,
 ) -> None:
     """Show how an architecture is built: stages, blocks, shapes, parameters and multiply-accumulates."""
     from .explorer import run_arch

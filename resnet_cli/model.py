@@ -124,27 +124,3 @@ def build(arch: ArchSpec, num_classes: int = 1000, device: str | torch.device = 
     with torch.device(device):
         return ResNet(BLOCKS[arch.block], arch.layers, num_classes, arch.groups, arch.width_per_group)
 
-
-
-def trace_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple[tuple, tuple]]:
-    """Each submodule's (input shape, output shape) for an input of `input_shape`, found by running the model
-    on the meta device: no memory, no arithmetic, and no weights touched (they are swapped for meta stand-ins
-    just for this call). A module called more than once (a block's shared ReLU) keeps its last call."""
-    import itertools
-
-    from torch.func import functional_call
-
-    stand_ins = {name: torch.empty_like(t, device="meta")
-                 for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
-    shapes: dict[nn.Module, tuple[tuple, tuple]] = {}
-
-    def record(module, args, output):
-        shapes[module] = (tuple(args[0].shape), tuple(output.shape))
-
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        functional_call(model, stand_ins, (torch.empty(input_shape, device="meta"),))
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
