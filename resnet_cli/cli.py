@@ -101,7 +101,8 @@ def classify(
         help="Override the center-crop size; alone, resize keeps the weights' crop ratio.",
         show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(
-        help="Decode threads. Default: one per core.", show_default=False)] = None,
+        help="Decode threads (default: one per core); with --engine ray, model actors (default: one per CPU, "
+        "or per GPU).", show_default=False)] = None,
     quiet: QuietOpt = False,
     engine: Annotated[str, typer.Option(help="local, or ray to run on a Ray cluster (pip install "
                                         "'resnet-classify[ray]').")] = "local",

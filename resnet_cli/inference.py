@@ -19,7 +19,9 @@ from .registry import Preprocess
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, here: bool = True) -> torch.device:
+    """The device `name` means. `here=False` (the Ray engine: the model runs on the cluster's machines) only
+    parses it; whether this machine has such a device does not matter then."""
     name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -31,6 +33,10 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if not here:
+        return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is available here (try --device cpu)")
@@ -39,17 +45,17 @@ def resolve_device(name: str) -> torch.device:
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError("--device mps: Apple's Metal backend is not available here")
-    elif device.type != "cpu":
-        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
-def check_precision(precision: str, device: torch.device) -> torch.dtype:
+def check_precision(precision: str, device: torch.device, *, here: bool = True) -> torch.dtype:
     from . import fused
 
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     dtype = PRECISIONS[precision]
+    if not here and device.type != "cpu":
+        return dtype  # a GPU on the cluster: its support is the cluster's to say
     if device.type == "cpu":
         if dtype == torch.float16:
             raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")

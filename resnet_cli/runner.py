@@ -141,8 +141,13 @@ def run_classify(opts: ClassifyOptions, *, stdout: BinaryIO | None = None, stder
     from . import inference
     from .weights import load
 
-    device = inference.resolve_device(opts.device)
-    dtype = inference.check_precision(opts.precision, device)
+    here = opts.engine == "local"
+    if not here:
+        from .ray_engine import import_ray
+
+        import_ray()  # a missing Ray is a usage error before any weights are loaded or downloaded
+    device = inference.resolve_device(opts.device, here=here)
+    dtype = inference.check_precision(opts.precision, device, here=here)
     loaded = load(arch, opts.weights, offline=opts.offline, labels_file=opts.labels, resize=opts.resize,
                   crop=opts.crop, quiet=opts.quiet)
     if opts.topk > loaded.num_classes:

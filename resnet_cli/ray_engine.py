@@ -1,0 +1,431 @@
+"""The Ray engine: the local engine's job on a Ray cluster, in Ray Data's batch-inference pattern.
+
+    inputs listed on the driver --> ray.data.from_items --> map_batches(decode) --> map_batches(model, actors)
+        --> rows back on the driver --> records in input order --> runner.emit
+
+Nothing here is a second implementation: decoding is `pipeline.prepare`, batching `pipeline.stack`, the model
+`inference.Predictor` over `weights.build_model`, records come from `pipeline.to_records`, and `runner.emit`
+writes them, so formats, per-file stderr lines and exit codes are the local engine's.
+
+- Inputs are listed on the driver (folders, globs, stdin, URLs: the local engine's rules), each with its index
+  in the output. An input that failed before decoding keeps its error and travels through like the others, so
+  every input comes back as exactly one row.
+- The model runs in an actor pool. The driver loads the weights once and puts the state dict in the object
+  store: workers need no weights file and no network.
+- With CUDA, decoding runs in Ray tasks (CPUs anywhere in the cluster) feeding one actor per GPU. On CPUs, each
+  actor decodes its own batch and then runs it, one single-threaded actor per CPU: it is the plan Ray Data's
+  operator fusion makes of two stages with equal resources, written out, because a separate decode stage
+  would need CPUs the actors hold, and would deadlock if the fusion did not happen.
+- An actor pads a short batch to the full batch size before the forward pass: oneDNN and cuDNN choose kernels
+  by batch shape, and a batch of 5 rounds differently from a batch of 8 in the last bits. Padded, an image's
+  probabilities do not depend on where Ray Data cut the batches: runs repeat exactly, and equal the local
+  engine's bit for bit for every image in one of its full batches (all but its last) when torch runs on as
+  many threads (one per actor here). In the local engine's last, short batch they can differ in the last
+  bits (up to 7e-7 measured, resnet50): the same top-k, the same order.
+- Rows come back in input order (Ray Data's preserve_order); a reorder buffer keyed by index keeps the output
+  in order whatever Ray does, without waiting for the end.
+- SIGINT/SIGTERM stop the run at once: what is written is a prefix of the input (for --resume); rows still on
+  the cluster are dropped, as the local engine drops inputs it has not started.
+- Remote URIs (`s3://`, `gs://`, `gcs://`) are read with pyarrow's file systems, the ones Ray Data uses; a URI
+  naming a prefix is listed like a folder (sorted by name; `--recursive` descends).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+
+from . import errors as E
+from .errors import ExitCode, InputError, UsageError
+from .inputs import Source, expand, is_image_name
+from .pipeline import FAST_DECODE_FACTOR, Prepared, prepare, stack, to_records
+from .records import Failure, Record
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'resnet-classify[ray]'"
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
+# from_items cuts the input list into at most this many blocks: enough for every CPU of a large cluster to
+# get work, few enough that the driver's bookkeeping per block stays small for millions of inputs.
+MAX_BLOCKS = 2000
+MAX_REMOTE_BYTES = 64 * 1024 * 1024  # as for http(s) URLs: a larger object is refused, not read into memory
+STOP_WAIT_S = 30.0  # after a stop, how long to wait for Ray's batch in flight before shutting Ray down
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_SCHEMES)
+
+
+# ---- listing (driver) ----
+
+def remote_sources(uri: str, recursive: bool) -> Iterator[Source]:
+    """A remote object, or the image objects under a prefix, sorted like a local folder's files."""
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            yield Source(uri)
+            return
+        if info.type == pafs.FileType.NotFound:
+            yield Source(uri, InputError(E.NOT_FOUND, "no such object or prefix"))
+            return
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    except Exception as exc:  # credentials, network, an unknown bucket: one failure record, not a crash
+        yield Source(uri, InputError(E.UNREADABLE_FOLDER, f"cannot list: {_oneline(exc)}"))
+        return
+    base = path.rstrip("/")
+    found = []
+    for item in infos:
+        rel = item.path[len(base):].lstrip("/")
+        if item.type == pafs.FileType.File and is_image_name(rel):
+            found.append(rel.split("/"))
+    # Sorting the path components puts a sub-prefix's objects where its name sorts, depth-first, as
+    # inputs.expand orders a local folder.
+    for parts in sorted(found):
+        yield Source(uri.rstrip("/") + "/" + "/".join(parts))
+
+
+def list_sources(inputs: Iterable[str], *, recursive: bool, null_separated: bool, skip: set[str]
+                 ) -> Iterator[Source]:
+    """runner._sources, with remote URIs listed through pyarrow instead of the local file system."""
+    for arg in inputs:
+        found = remote_sources(arg, recursive) if is_remote(arg) else expand(
+            [arg], recursive=recursive, null_separated=null_separated)
+        for src in found:
+            if src.path not in skip:
+                yield src
+
+
+# ---- decoding (Ray tasks) ----
+
+def _oneline(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def prepare_remote(source: Source, pre, fast_decode: bool = False) -> Prepared:
+    """pipeline.prepare for an object in remote storage: read its bytes, then decode them as prepare does."""
+    from pyarrow import fs as pafs
+
+    from .images import open_bytes
+    from .preprocess import resize_and_crop
+
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(source.path)
+        with filesystem.open_input_stream(path) as f:
+            data = f.read(MAX_REMOTE_BYTES + 1)
+    except FileNotFoundError:
+        return Prepared(source.path, None, InputError(E.NOT_FOUND, "no such object"))
+    except PermissionError:
+        return Prepared(source.path, None, InputError(E.PERMISSION_DENIED, "permission denied"))
+    except Exception as exc:
+        return Prepared(source.path, None, InputError(E.DOWNLOAD_FAILED, f"cannot read: {_oneline(exc)}"))
+    if len(data) > MAX_REMOTE_BYTES:
+        return Prepared(source.path, None, InputError(E.TOO_LARGE, f"larger than {MAX_REMOTE_BYTES:,} bytes"))
+    try:
+        img = open_bytes(data, draft_min_side=FAST_DECODE_FACTOR * pre.resize if fast_decode else None)
+        return Prepared(source.path, resize_and_crop(img, pre).tobytes())
+    except InputError as exc:
+        return Prepared(source.path, None, exc)
+    except Exception as exc:  # as in prepare: a bug costs one record, not the run
+        return Prepared(source.path, None, InputError(E.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+# Strings that cross Ray as Arrow data are carried as bytes: a file name that is not UTF-8 (a surrogate escape)
+# or an error message quoting one could not be an Arrow string.
+def _to_bytes(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8", "surrogateescape")
+
+
+def _from_bytes(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "surrogateescape")
+
+
+def decode_batch(batch, *, pre, fast_decode: bool):
+    """Ray task: a batch of {index, path, error_type, error_message} -> {index, pixels, error_type,
+    error_message}; pixels are crop*crop*3 RGB bytes, null for a failed input."""
+    import pyarrow as pa
+
+    pixels, types, messages = [], [], []
+    for row in batch.select(["path", "error_type", "error_message"]).to_pylist():
+        path = _from_bytes(row["path"])
+        error = InputError(row["error_type"], _from_bytes(row["error_message"])) if row["error_type"] else None
+        src = Source(path, error)
+        p = prepare_remote(src, pre, fast_decode) if error is None and is_remote(path) else prepare(
+            src, pre, fast_decode)
+        pixels.append(p.pixels)
+        types.append(None if p.error is None else p.error.kind)
+        messages.append(None if p.error is None else _to_bytes(p.error.message))
+    return pa.table({
+        "index": batch.column("index"),
+        "pixels": pa.array(pixels, pa.binary()),
+        "error_type": pa.array(types, pa.string()),
+        "error_message": pa.array(messages, pa.binary()),
+    })
+
+
+# ---- the model (Ray actors) ----
+
+class Classifier:
+    """Ray actor: builds the driver's model from its state dict once, then classifies batches of rows,
+    {index, pixels, error_type, error_message} -> {index, error_type, error_message, probs, indices}.
+    With `decode`, it takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
+
+    def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, batch_size: int,
+                 decode: bool = False, fast_decode: bool = False) -> None:
+        import ray
+        import torch
+
+        from .inference import Predictor
+        from .weights import build_model
+
+        if isinstance(state, ray.ObjectRef):  # constructor arguments reach the actor as they were given
+            state = ray.get(state)
+        # As many threads as CPUs Ray reserved for this actor (an OMP_NUM_THREADS in the environment could say
+        # otherwise): more would oversubscribe a node shared with other actors and decode tasks.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+        module = build_model(arch, state, "the driver's model")
+        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype, topk=topk,
+                                   batch_size=batch_size)
+        self.preprocess = preprocess
+        self.topk = topk
+        self.batch_size = batch_size
+        self.decode = decode
+        self.fast_decode = fast_decode
+
+    def __call__(self, batch):
+        import numpy as np
+        import pyarrow as pa
+        import torch
+
+        if self.decode:
+            batch = decode_batch(batch, pre=self.preprocess, fast_decode=self.fast_decode)
+        ok = batch.column("error_type").is_null().to_numpy(zero_copy_only=False)
+        pixels = batch.column("pixels").filter(pa.array(ok)).to_pylist()
+        probs = np.zeros((batch.num_rows, self.topk), np.float32)
+        indices = np.zeros((batch.num_rows, self.topk), np.int64)
+        got_p, got_i = [], []
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start:start + self.batch_size]
+            x = stack([Prepared("", p) for p in chunk], self.preprocess.crop)
+            if len(chunk) < self.batch_size:  # a fixed shape keeps results exact (module docstring)
+                x = torch.cat([x, x.new_zeros((self.batch_size - len(chunk), *x.shape[1:]))])
+            p, i = self.predictor(x)
+            got_p.append(p[:len(chunk)].numpy())
+            got_i.append(i[:len(chunk)].numpy())
+        if got_p:
+            probs[ok] = np.concatenate(got_p)
+            indices[ok] = np.concatenate(got_i)
+        k = self.topk
+        return (batch.drop_columns(["pixels"])
+                .append_column("probs", pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), k))
+                .append_column("indices", pa.FixedSizeListArray.from_arrays(pa.array(indices.ravel()), k)))
+
+
+# ---- the driver ----
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the [data] extra: pyarrow, pandas)
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    return ray
+
+
+def _connect(ray, address: str | None, num_cpus: int) -> bool:
+    """Connect to the cluster at `address` (else RAY_ADDRESS), or start a private local Ray with `num_cpus`.
+    Returns whether this call started Ray (and so must shut it down). Ray's own messages stay off stdout."""
+    if ray.is_initialized():
+        return False  # a caller's session (a notebook, a test): use it, leave it running
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            # "local", not None: None would join whatever cluster `ray start` last left on this machine, and
+            # a run without --ray-address should not depend on that.
+            ray.init(address="local", num_cpus=num_cpus, **common)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise UsageError(f"cannot start or reach {where}: {_oneline(exc)}") from None
+    return True
+
+
+def _plan(ray, opts, device) -> tuple[str, int]:
+    """(the actors' device, how many model actors) from the options and the cluster's resources."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if device.type == "cuda" or (opts.device == "auto" and gpus > 0):
+        if gpus == 0 and not opts.workers:
+            raise UsageError("--device cuda: the Ray cluster has no GPUs (give --workers N to wait for N)")
+        return "cuda", opts.workers or gpus
+    if device.type == "cpu":
+        # One single-threaded actor per CPU, each decoding its own batches (module docstring): every CPU
+        # busy, and no pixels cross between processes.
+        return "cpu", opts.workers or max(1, int(resources.get("CPU", 1)))
+    return device.type, opts.workers or 1  # mps: one device per machine
+
+
+def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device, dtype, stdout, stderr) -> int:
+    """The job of runner.run_classify on Ray; returns the exit code (0, 1, or 130/143 when interrupted)."""
+    ray = import_ray()
+    import torch
+    from ray.data import DataContext
+
+    from .pipeline import default_workers
+    from .runner import _Stop, emit, tune
+
+    sources = list(list_sources(opts.inputs, recursive=opts.recursive, null_separated=opts.null_separated,
+                                skip=skip))
+    if not sources:
+        failed = emit(iter(()), opts, fmt, previous, stdout=stdout, stderr=stderr)
+        return ExitCode.SOME_FAILED if failed else ExitCode.OK
+
+    # A Ray started here gets one CPU per model actor when the model runs on CPUs (--workers, else every
+    # core); with a GPU, every core, for the decode tasks that feed it.
+    cores = default_workers()
+    started = _connect(ray, opts.ray_address, (opts.workers or cores) if device.type == "cpu" else cores)
+    stop = _Stop()
+    ray_logger = logging.getLogger("ray.data")
+    old_level = ray_logger.level
+    ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
+    try:
+        actor_device, actors = _plan(ray, opts, device)
+        batch_size, _ = tune(opts.batch_size, None, torch.device(actor_device))
+        ctx = DataContext.get_current().copy()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False  # emit() draws the progress bar, on a terminal only
+        ctx.print_on_execution_start = False
+        with DataContext.current(ctx):
+            ds = _dataset(ray, sources, loaded, opts, actor_device=actor_device, actors=actors,
+                          batch_size=batch_size, dtype=dtype)
+            records = _in_order(_rows(ds, sources, loaded, stop), sources, stop)
+            try:
+                with stop.installed():
+                    failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
+            finally:
+                records.close()  # the reader thread leaves Ray before Ray is shut down (see _rows)
+    finally:
+        if started:
+            ray.shutdown()
+        ray_logger.setLevel(old_level)
+    return stop.exit_code or (ExitCode.SOME_FAILED if failed else ExitCode.OK)
+
+
+def _dataset(ray, sources: list[Source], loaded, opts, *, actor_device: str, actors: int, batch_size: int, dtype):
+    from ray.data import ActorPoolStrategy
+
+    items = [{"index": i, "path": _to_bytes(s.path),
+              "error_type": None if s.error is None else s.error.kind,
+              "error_message": None if s.error is None else _to_bytes(s.error.message)}
+             for i, s in enumerate(sources)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(MAX_BLOCKS, -(-len(items) // batch_size))))
+    gpu = actor_device == "cuda"
+    if gpu:
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
+                            fn_kwargs={"pre": loaded.preprocess, "fast_decode": opts.fast_decode})
+    return ds.map_batches(
+        Classifier, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
+        num_cpus=1, num_gpus=1 if gpu else None,
+        fn_constructor_kwargs={
+            "state": ray.put(loaded.module.state_dict()), "arch": loaded.arch, "preprocess": loaded.preprocess,
+            "device": actor_device, "dtype": dtype, "topk": opts.topk, "batch_size": batch_size,
+            "decode": not gpu, "fast_decode": opts.fast_decode,
+        })
+
+
+def _batch_records(batch, sources: list[Source], loaded) -> list[tuple[int, Record]]:
+    """(index, record) for each row of one output batch."""
+    index = batch.column("index").to_pylist()
+    types = batch.column("error_type").to_pylist()
+    messages = batch.column("error_message").to_pylist()
+    probs = _matrix(batch.column("probs"), len(index))
+    indices = _matrix(batch.column("indices"), len(index))
+    prepared = [Prepared(sources[i].path, None, None if t is None else InputError(t, _from_bytes(m)))
+                for i, t, m in zip(index, types, messages)]
+    ok = [r for r, t in enumerate(types) if t is None]
+    recs = to_records(prepared, probs[ok], indices[ok], arch=loaded.arch.name, weights=loaded.weights,
+                      labels=loaded.labels, pre=loaded.preprocess)
+    return list(zip(index, recs))
+
+
+def _matrix(column, rows: int):
+    """A fixed-size-list column as a (rows, k) numpy array."""
+    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(rows, -1)
+
+
+_END = object()
+
+
+def _rows(ds, sources: list[Source], loaded, stop) -> Iterator[tuple[int, Record]]:
+    """(index, record) for each output row, in the order Ray delivers them; ends early once `stop` is set.
+    Ray is read in a helper thread, so that a signal stops the output at once, even while actors start."""
+    out: queue.Queue = queue.Queue(maxsize=4)
+    quit = threading.Event()
+
+    def put(item) -> bool:
+        while not quit.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read() -> None:
+        batches = None
+        try:
+            batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+            for batch in batches:
+                if not put(_batch_records(batch, sources, loaded)):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the driver's thread, raised there
+            put(exc)
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()  # ends Ray Data's execution of the dataset now, before Ray is shut down
+
+    reader = threading.Thread(target=read, name="ray-results", daemon=True)
+    reader.start()
+    try:
+        while not stop.event.is_set():
+            try:
+                item = out.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        quit.set()
+        # The reader leaves once Ray hands it its next batch. It must be out before Ray is shut down: a Ray
+        # call in a thread left behind would start a new Ray. A second Ctrl-C ends this wait at once.
+        reader.join(timeout=STOP_WAIT_S)
+
+
+def _in_order(rows: Iterator[tuple[int, Record]], sources: list[Source], stop) -> Iterator[Record]:
+    """Records by index 0..len(sources)-1, each as soon as all before it are out."""
+    waiting: dict[int, Record] = {}
+    next_index = 0
+    try:
+        for i, rec in rows:
+            waiting[i] = rec
+            while next_index in waiting:
+                yield waiting.pop(next_index)
+                next_index += 1
+    finally:
+        rows.close()
+    if stop.event.is_set():
+        return  # interrupted: the output is a prefix of the input
+    # Every input sends exactly one row; one that never came back is a bug, reported in its place.
+    for i in range(next_index, len(sources)):
+        yield waiting.pop(i, None) or Failure(sources[i].path, E.INTERNAL_ERROR, "row lost by the Ray engine")
