@@ -1,10 +1,5 @@
-"""Shared fixtures: seeded checkpoints in torchvision's layout, the sample photos, and an in-process CLI.
-
-Published weights cannot be downloaded here, so every test generates its own checkpoints: torchvision's
-builder, a fixed seed, BatchNorm statistics calibrated on real photos (so activations behave like a
-trained network's instead of exploding through 50 layers), and the head scaled so logits spread like a trained
-model's (std 4). Saved with `torch.save(model.state_dict())`, exactly as torchvision's files are.
-"""
+"""Shared fixtures: seeded checkpoints in torchvision's layout (checkpoints.py), the sample photos, and an
+in-process CLI."""
 
 from __future__ import annotations
 
@@ -17,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "sample_images"
-PHOTOS = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+from checkpoints import PHOTOS, make_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -28,43 +21,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("torch-home")
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.delenv("RESNET_CLASSIFY_OFFLINE", raising=False)
-
-
-def make_checkpoint(arch: str, path: Path, seed: int = 0, num_classes: int = 1000) -> Path:
-    import torch
-    import torchvision
-    from PIL import Image
-
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    tf = weights.transforms()
-    photos = torch.stack([tf(Image.open(p).convert("RGB")) for p in PHOTOS])
-    last_bns = {id(blk.bn3 if hasattr(blk, "bn3") else blk.bn2)
-                for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for blk in layer}
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the calibration pass
-            with torch.no_grad():
-                # Trained ResNets keep each residual branch small next to the identity path (the reason for
-                # torchvision's zero_init_residual); a random net with full-size branches is chaotic and would
-                # amplify float rounding far beyond what real weights do.
-                m.weight.uniform_(0.1, 0.4) if id(m) in last_bns else m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    model.train()
-    with torch.no_grad():
-        model(photos)
-    model.eval()
-    with torch.no_grad():
-        logits = model(photos)
-        scale = 4.0 / logits.std().clamp_min(1e-6)
-        model.fc.weight.mul_(scale)
-        model.fc.bias.mul_(scale)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = 0.1
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")

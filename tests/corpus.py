@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import PHOTOS
+from checkpoints import PHOTOS
 
 OK = "ok"
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import PHOTOS, ROOT
+from checkpoints import PHOTOS, ROOT
 from resnet_cli import registry
 
 

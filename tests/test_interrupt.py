@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import PHOTOS, ROOT
+from checkpoints import PHOTOS, ROOT
 
 N_IMAGES = 300
 

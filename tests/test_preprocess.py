@@ -7,7 +7,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import PHOTOS
+from checkpoints import PHOTOS
 from resnet_cli import registry
 from resnet_cli.preprocess import MAX_RESIZED_PIXELS, normalize, resize_and_crop
 

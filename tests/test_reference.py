@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import PHOTOS
+from checkpoints import PHOTOS
 from resnet_cli import registry
 
 ARCHS = list(registry.architectures())

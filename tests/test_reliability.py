@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PHOTOS
+from checkpoints import PHOTOS
 from corpus import OK, make_corpus
 from resnet_cli import errors, net
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PHOTOS
+from checkpoints import PHOTOS
 from resnet_cli import registry
 
 

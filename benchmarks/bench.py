@@ -1,0 +1,202 @@
+"""The speed benchmark: resnet-classify against the seeds' loop, ONNX Runtime and OpenVINO, whole process
+(start to exit, as a user times it), on the same generated images and the same seeded resnet50 checkpoint.
+
+Runs are interleaved (every configuration once, then again, ...) so machine noise hits all of them alike;
+the table shows medians, ratios of medians, and each configuration's peak RSS. Needs the bench extra:
+`pip install -e '.[bench]'`.
+
+    python benchmarks/bench.py                      # everything, 3 runs
+    python benchmarks/bench.py --runs 5 --sets imagenet --only ours,seeds
+    python benchmarks/bench.py --agreement          # bf16 / fast-decode agreement with the exact path
+    python benchmarks/bench.py --memory             # peak RSS: 100 against 10,000 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
+
+PY = sys.executable
+CLI = str(Path(PY).parent / "resnet-classify")
+
+
+def run(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one whole process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode not in (0,):
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def prepare(work: Path, sets: list[str]) -> dict:
+    from checkpoints import make_checkpoint
+    from images import make_set
+
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "resnet50-seeded.pth"
+    if not ckpt.exists():
+        make_checkpoint("resnet50", ckpt)
+    onnx = work / "resnet50-seeded.onnx"
+    if not onnx.exists():
+        subprocess.run([PY, str(HERE / "export_onnx.py"), str(ckpt), str(onnx)], check=True,
+                       capture_output=True)
+    folders = {s: make_set(s, work / s) for s in sets}
+    return {"ckpt": str(ckpt), "onnx": str(onnx), "folders": folders}
+
+
+def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[str]]:
+    folder, ckpt, onnx = str(env["folders"][setname]), env["ckpt"], env["onnx"]
+    ours = [CLI, folder, "-a", "resnet50", "-w", ckpt, "-q", "-f", "jsonl"]
+    out = {
+        "seeds": [PY, str(HERE / "seed_loop.py"), ckpt, folder],
+        "onnxruntime": [PY, str(HERE / "runtime_loop.py"), "onnxruntime", onnx, folder],
+        "openvino": [PY, str(HERE / "runtime_loop.py"), "openvino", onnx, folder],
+        "ours": ours,
+        "ours --precision bf16": ours + ["--precision", "bf16"],
+        "ours --fast-decode": ours + ["--fast-decode"],
+    }
+    if setname == "imagenet":
+        out.pop("ours --fast-decode")  # nothing to gain on small images: draft mode never engages
+    else:
+        out.pop("openvino")
+        out.pop("ours --precision bf16")
+    return {k: v for k, v in out.items() if only is None or k.split()[0] in only or k in only}
+
+
+def bench_set(setname: str, env: dict, runs: int, only) -> list[dict]:
+    n = len(list(Path(env["folders"][setname]).glob("*.jpg")))
+    cfgs = configs(setname, env, only)
+    times: dict[str, list[float]] = {k: [] for k in cfgs}
+    rss: dict[str, float] = {}
+    for r in range(runs):
+        for name, cmd in cfgs.items():
+            wall, peak = run(cmd)
+            times[name].append(wall)
+            rss[name] = max(rss.get(name, 0), peak)
+            print(f"  [{setname} run {r + 1}/{runs}] {name:24s} {wall:7.2f} s", file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for name in cfgs:
+        rows.append({"set": setname, "images": n, "config": name, "median_s": round(med[name], 2),
+                     "runs_s": [round(t, 2) for t in times[name]], "img_per_s": round(n / med[name], 1),
+                     "vs_seeds": round(med["seeds"] / med[name], 2) if "seeds" in med else None,
+                     "vs_onnxruntime": round(med["onnxruntime"] / med[name], 2) if "onnxruntime" in med else None,
+                     "vs_openvino": round(med["openvino"] / med[name], 2) if "openvino" in med else None,
+                     "peak_rss_mb": round(rss[name])})
+    return rows
+
+
+def bench_cold(env: dict, runs: int) -> list[dict]:
+    one = sorted(Path(env["folders"]["imagenet"]).glob("*.jpg"))[0]
+    cmds = {"python -c 'import torch'": [PY, "-c", "import torch"],
+            "ours, one image": [CLI, str(one), "-a", "resnet50", "-w", env["ckpt"], "-f", "jsonl"]}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(runs):
+        for name, cmd in cmds.items():
+            times[name].append(run(cmd)[0])
+    base = statistics.median(times["python -c 'import torch'"])
+    return [{"set": "cold", "images": 1, "config": k, "median_s": round(statistics.median(v), 2),
+             "runs_s": [round(t, 2) for t in v], "vs_import_torch": round(statistics.median(v) / base, 2)}
+            for k, v in times.items()]
+
+
+def agreement(env: dict) -> list[dict]:
+    """How often bf16 (imagenet set + sample photos) and --fast-decode (12mp set) keep fp32's answers."""
+    def preds(folder, *extra):
+        res = subprocess.run([CLI, str(folder), "-a", "resnet50", "-w", env["ckpt"], "-f", "jsonl", "-q", *extra],
+                             capture_output=True, check=True)
+        return [json.loads(x) for x in res.stdout.splitlines()]
+
+    out = []
+    cases = [("bf16", "imagenet", ["--precision", "bf16"]), ("bf16", "sample_images", ["--precision", "bf16"])]
+    if "12mp" in env["folders"]:
+        cases.append(("fast-decode", "12mp", ["--fast-decode"]))
+    for what, setname, extra in cases:
+        folder = ROOT / "sample_images" if setname == "sample_images" else env["folders"][setname]
+        exact, other = preds(folder), preds(folder, *extra)
+        top1 = sum(a["topk"][0]["index"] == b["topk"][0]["index"] for a, b in zip(exact, other))
+        top5 = sum({t["index"] for t in a["topk"]} == {t["index"] for t in b["topk"]} for a, b in zip(exact, other))
+        dp = max(abs(a["topk"][0]["probability"] - b["topk"][0]["probability"]) for a, b in zip(exact, other))
+        out.append({"what": what, "set": setname, "images": len(exact), "top1_same": top1, "top5_same_set": top5,
+                    "max_top1_prob_diff": round(dp, 4)})
+    return out
+
+
+def memory(env_work: Path, n_large: int = 10_000) -> list[dict]:
+    """Peak RSS of a 100-image run against a 10,000-image run (64x48 JPEGs, same model): flat means the
+    pipeline holds a bounded window, not the whole job."""
+    from checkpoints import make_checkpoint
+    from images import make_set
+
+    ckpt = env_work / "resnet50-seeded.pth"
+    if not ckpt.exists():
+        make_checkpoint("resnet50", ckpt)
+    rows = []
+    for n in (100, n_large):
+        folder = make_set("tiny", env_work / f"tiny{n}", n)
+        wall, peak = run([CLI, str(folder), "-a", "resnet50", "-w", str(ckpt), "-q", "-f", "jsonl"])
+        rows.append({"set": f"tiny{n}", "images": n, "config": "ours", "median_s": round(wall, 1),
+                     "img_per_s": round(n / wall, 1), "peak_rss_mb": round(peak)})
+    rows[-1]["rss_growth_mb"] = rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
+    return rows
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python " \
+           f"{platform.python_version()}, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sets", default="imagenet,12mp")
+    ap.add_argument("--only", default=None, help="comma-separated: seeds,onnxruntime,openvino,ours")
+    ap.add_argument("--work", default=str(ROOT / "bench-out"), help="where images, checkpoint and ONNX go")
+    ap.add_argument("--no-cold", action="store_true")
+    ap.add_argument("--agreement", action="store_true", help="only measure bf16 / fast-decode agreement")
+    ap.add_argument("--memory", action="store_true", help="only measure peak RSS, 100 vs 10,000 images")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    sets = args.sets.split(",")
+    env = prepare(Path(args.work), sorted(set(sets) | {"imagenet"}))
+    results: dict = {"machine": machine()}
+    print(f"machine: {results['machine']}")
+    if args.memory:
+        results["rows"] = memory(Path(args.work))
+    elif args.agreement:
+        results["agreement"] = agreement(env)
+    else:
+        only = set(args.only.split(",")) if args.only else None
+        results["rows"] = [row for s in sets for row in bench_set(s, env, args.runs, only)]
+        if not args.no_cold:
+            results["rows"] += bench_cold(env, max(5, args.runs))
+    for key in ("rows", "agreement"):
+        for row in results.get(key, []):
+            print(json.dumps(row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
