@@ -275,11 +275,10 @@ def _plan(ray, opts, device) -> tuple[str, int]:
 def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device, dtype, stdout, stderr) -> int:
     """The job of runner.run_classify on Ray; returns the exit code (0, 1, or 130/143 when interrupted)."""
     ray = import_ray()
-    import torch
     from ray.data import DataContext
 
     from .pipeline import default_workers
-    from .runner import _Stop, emit, tune
+    from .runner import _Stop, default_batch_size, emit
 
     sources = list(list_sources(opts.inputs, recursive=opts.recursive, null_separated=opts.null_separated,
                                 skip=skip))
@@ -297,7 +296,7 @@ def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
     try:
         actor_device, actors = _plan(ray, opts, device)
-        batch_size, _ = tune(opts.batch_size, None, torch.device(actor_device))
+        batch_size = default_batch_size(opts.batch_size, actor_device)
         ctx = DataContext.get_current().copy()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False  # emit() draws the progress bar, on a terminal only

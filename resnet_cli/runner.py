@@ -109,14 +109,9 @@ def _sources(opts: ClassifyOptions, skip: set[str]) -> Iterator[Source]:
             yield src
 
 
-def tune(batch_size: int | None, workers: int | None, device) -> tuple[int, int]:
-    """Batch size and decode threads (see README, "Speed", for the measurements behind the defaults)."""
-    from .pipeline import default_workers
-
-    cores = default_workers()
-    if device.type == "cpu":
-        return batch_size or 8, workers or cores
-    return batch_size or 64, workers or cores
+def default_batch_size(batch_size: int | None, device_type: str) -> int:
+    """Images per forward pass (see README, "Speed", for the measurements behind the defaults)."""
+    return batch_size or (8 if device_type == "cpu" else 64)
 
 
 def run_classify(opts: ClassifyOptions, *, stdout: BinaryIO | None = None, stderr: TextIO | None = None) -> int:
@@ -137,45 +132,60 @@ def run_classify(opts: ClassifyOptions, *, stdout: BinaryIO | None = None, stder
     fmt = opts.format or format_for_output(opts.output, stdout_is_tty=_isatty(stdout))
     if opts.output and os.path.isdir(opts.output):
         raise UsageError(f"--output {opts.output} is a folder; give a file name")
+    from .weights import choose
 
-    from . import inference
-    from .weights import load
-
-    here = opts.engine == "local"
-    if not here:
-        from .ray_engine import import_ray
-
-        import_ray()  # a missing Ray is a usage error before any weights are loaded or downloaded
-    device = inference.resolve_device(opts.device, here=here)
-    dtype = inference.check_precision(opts.precision, device, here=here)
-    loaded = load(arch, opts.weights, offline=opts.offline, labels_file=opts.labels, resize=opts.resize,
-                  crop=opts.crop, quiet=opts.quiet)
-    if opts.topk > loaded.num_classes:
-        raise UsageError(f"--topk {opts.topk} is more than the model's {loaded.num_classes} classes")
-
+    choice = choose(arch, opts.weights, resize=opts.resize, crop=opts.crop)
     previous: list[Record] = []
     if opts.resume:
         previous = [r for r in read_records(opts.output, fmt) if r.ok]
-        check_resumable(previous, arch.name, loaded.weights)
+        check_resumable(previous, arch.name, choice.name)
     skip = {r.path for r in previous}
-
     if opts.engine == "ray":
-        from .ray_engine import run_ray
+        return _run_ray(opts, choice, fmt, previous, skip, stdout=stdout, stderr=stderr)
 
-        return run_ray(opts, loaded, fmt, previous, skip, device=device, dtype=dtype, stdout=stdout, stderr=stderr)
+    from .pipeline import Decoder, classify, default_window, default_workers
 
-    batch_size, workers = tune(opts.batch_size, opts.workers, device)
-    predictor = inference.Predictor(loaded.module, loaded.preprocess, device=device, dtype=dtype,
-                                    topk=opts.topk, batch_size=batch_size)
-    from .pipeline import classify
-
+    # Decoding starts now, on the core that importing torch and loading the weights leave idle.
+    workers = opts.workers or default_workers()
     stop = _Stop()
-    records = classify(_sources(opts, skip), predictor, arch=arch.name, weights=loaded.weights,
-                       labels=loaded.labels, batch_size=batch_size, workers=workers, fast_decode=opts.fast_decode,
-                       stop=stop.event)
-    with stop.installed():
-        failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
+    decoder = Decoder(_sources(opts, skip), choice.preprocess, workers=workers, fast_decode=opts.fast_decode,
+                      window=default_window(opts.batch_size or 64, workers), stop=stop.event)
+    try:
+        from . import inference
+        from .weights import load
+
+        device = inference.resolve_device(opts.device)
+        dtype = inference.check_precision(opts.precision, device)
+        loaded = load(choice, offline=opts.offline, labels_file=opts.labels, quiet=opts.quiet)
+        if opts.topk > loaded.num_classes:
+            raise UsageError(f"--topk {opts.topk} is more than the model's {loaded.num_classes} classes")
+        batch_size = default_batch_size(opts.batch_size, device.type)
+        predictor = inference.Predictor(loaded.module, loaded.preprocess, device=device, dtype=dtype,
+                                        topk=opts.topk, batch_size=batch_size)
+        records = classify(decoder, predictor, arch=arch.name, weights=loaded.weights, labels=loaded.labels,
+                           batch_size=batch_size, stop=stop.event)
+        with stop.installed():
+            failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
+    finally:
+        decoder.close()
     return stop.exit_code or (ExitCode.SOME_FAILED if failed else ExitCode.OK)
+
+
+def _run_ray(opts: ClassifyOptions, choice, fmt: Format, previous: list[Record], skip: set[str], *,
+             stdout: BinaryIO, stderr: TextIO) -> int:
+    from .ray_engine import import_ray, run_ray
+
+    import_ray()  # a missing Ray is a usage error before any weights are loaded or downloaded
+    from . import inference
+    from .weights import load
+
+    # The model runs on the cluster's machines: the device is parsed here, not looked for.
+    device = inference.resolve_device(opts.device, here=False)
+    dtype = inference.check_precision(opts.precision, device, here=False)
+    loaded = load(choice, offline=opts.offline, labels_file=opts.labels, quiet=opts.quiet)
+    if opts.topk > loaded.num_classes:
+        raise UsageError(f"--topk {opts.topk} is more than the model's {loaded.num_classes} classes")
+    return run_ray(opts, loaded, fmt, previous, skip, device=device, dtype=dtype, stdout=stdout, stderr=stderr)
 
 
 def _isatty(stream) -> bool:

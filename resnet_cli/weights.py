@@ -223,19 +223,36 @@ def override_preprocess(pre: Preprocess, resize: int | None, crop: int | None) -
     return replace(pre, resize=resize, crop=crop)
 
 
-def load(arch: ArchSpec, weights: str = "DEFAULT", *, offline: bool = False, labels_file: str | None = None,
-         resize: int | None = None, crop: int | None = None, quiet: bool = False) -> LoadedModel:
-    """Everything a run needs to classify: the model with its weights, its preprocessing and its labels.
-    Published weights bring their own preprocessing; a checkpoint file uses the architecture's DEFAULT's.
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What a run will use, decided without torch or I/O: so decoding can start while torch imports."""
+
+    arch: ArchSpec
+    spec: WeightsSpec | None  # published weights, or None for a checkpoint file
+    name: str  # the published name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
+    preprocess: Preprocess
+
+
+def choose(arch: ArchSpec, weights: str = "DEFAULT", *, resize: int | None = None, crop: int | None = None
+           ) -> WeightsChoice:
+    """Published weights bring their own preprocessing; a checkpoint file uses the architecture's DEFAULT's;
     `resize`/`crop` override either."""
     spec = resolve_spec(arch, weights)
     if spec is not None:
-        state = read_state_dict(fetch(spec, offline=offline, quiet=quiet))
         name, preprocess = spec.full_name, spec.preprocess
     else:
-        state = read_state_dict(weights)
         name, preprocess = weights, arch.default_weights.preprocess
-    module = build_model(arch, state, name)
+    return WeightsChoice(arch, spec, name, override_preprocess(preprocess, resize, crop))
+
+
+def load(choice: WeightsChoice, *, offline: bool = False, labels_file: str | None = None,
+         quiet: bool = False) -> LoadedModel:
+    """Everything a run needs to classify: the model with its weights, its preprocessing and its labels."""
+    if choice.spec is not None:
+        state = read_state_dict(fetch(choice.spec, offline=offline, quiet=quiet))
+    else:
+        state = read_state_dict(choice.name)
+    module = build_model(choice.arch, state, choice.name)
     num_classes = module.fc.out_features
     if labels_file:
         labels = read_labels(labels_file, num_classes)
@@ -243,5 +260,4 @@ def load(arch: ArchSpec, weights: str = "DEFAULT", *, offline: bool = False, lab
         labels = categories()
     else:
         labels = tuple(f"class_{i}" for i in range(num_classes))
-    preprocess = override_preprocess(preprocess, resize, crop)
-    return LoadedModel(arch, name, preprocess, labels, module)
+    return LoadedModel(choice.arch, choice.name, choice.preprocess, labels, module)
