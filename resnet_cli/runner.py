@@ -201,7 +201,10 @@ def emit(records, opts: ClassifyOptions, fmt: Format, previous: list[Record], *,
     of failures. The output is finished (renamed into place) even when the run is interrupted."""
     color = _isatty(stdout) if fmt is Format.table and not opts.output else False
     writer = open_writer(fmt, opts.output, previous=previous, stdout=stdout, color=color)
-    progress = _progress(opts, stderr)
+    progress = _progress(opts, stderr, stdout)
+    # A table on the terminal already shows each failure in its place, in red; the same line again on stderr,
+    # the same terminal, would only repeat it. (Redirect either stream and the stderr lines are back.)
+    errors_to_stderr = not opts.quiet and not (fmt is Format.table and color and _isatty(stderr))
     failed = 0
     ok = False
     try:
@@ -213,7 +216,7 @@ def emit(records, opts: ClassifyOptions, fmt: Format, previous: list[Record], *,
                 writer.write(rec)
                 if not rec.ok:
                     failed += 1
-                    if not opts.quiet:
+                    if errors_to_stderr:
                         line = failure_line(rec)
                         if progress is not None:
                             progress.console.print(f"{PROG}: {line}", markup=False, highlight=False)
@@ -229,8 +232,11 @@ def emit(records, opts: ClassifyOptions, fmt: Format, previous: list[Record], *,
     return failed
 
 
-def _progress(opts: ClassifyOptions, stderr: TextIO):
-    if opts.quiet or not (hasattr(stderr, "isatty") and stderr.isatty()):
+def _progress(opts: ClassifyOptions, stderr: TextIO, stdout: BinaryIO):
+    """A progress bar on stderr, when stderr is a terminal and the results go elsewhere (a file, a pipe): results
+    printed on the same terminal show the progress themselves, and a bar redrawn between them would garble
+    both."""
+    if opts.quiet or not _isatty(stderr) or (_isatty(stdout) and not opts.output):
         return None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeRemainingColumn
