@@ -278,7 +278,7 @@ def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device
     from ray.data import DataContext
 
     from .pipeline import default_workers
-    from .runner import _Stop, default_batch_size, emit
+    from .runner import StopSignals, default_batch_size, emit
 
     sources = list(list_sources(opts.inputs, recursive=opts.recursive, null_separated=opts.null_separated,
                                 skip=skip))
@@ -290,7 +290,7 @@ def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device
     # core); with a GPU, every core, for the decode tasks that feed it.
     cores = default_workers()
     started = _connect(ray, opts.ray_address, (opts.workers or cores) if device.type == "cpu" else cores)
-    stop = _Stop()
+    stop = StopSignals()
     ray_logger = logging.getLogger("ray.data")
     old_level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's

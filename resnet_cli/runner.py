@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from .errors import ExitCode, UsageError
@@ -46,7 +46,6 @@ class ClassifyOptions:
     quiet: bool = False
     engine: str = "local"
     ray_address: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def eprint(msg: str, stderr: TextIO | None = None) -> None:
@@ -57,7 +56,7 @@ def failure_line(rec: Failure) -> str:
     return f"{printable(rec.path)}: {rec.type}: {rec.message}".replace("\n", " ")
 
 
-class _Stop:
+class StopSignals:
     """SIGINT/SIGTERM: the first one asks the pipeline to stop taking work; a second SIGINT aborts at once."""
 
     def __init__(self) -> None:
@@ -100,7 +99,7 @@ def _count(opts: ClassifyOptions, skip: set[str]) -> int | None:
     """How many inputs a run will classify, for the progress bar's ETA (a listing pass: no image is opened)."""
     if "-" in opts.inputs:
         return None  # stdin is read once, as it streams
-    return sum(1 for src in expand(opts.inputs, recursive=opts.recursive) if src.path not in skip)
+    return sum(1 for _ in _sources(opts, skip))
 
 
 def _sources(opts: ClassifyOptions, skip: set[str]) -> Iterator[Source]:
@@ -147,7 +146,7 @@ def run_classify(opts: ClassifyOptions, *, stdout: BinaryIO | None = None, stder
 
     # Decoding starts now, on the core that importing torch and loading the weights leave idle.
     workers = opts.workers or default_workers()
-    stop = _Stop()
+    stop = StopSignals()
     decoder = Decoder(_sources(opts, skip), choice.preprocess, workers=workers, fast_decode=opts.fast_decode,
                       window=default_window(opts.batch_size or 64, workers), stop=stop.event)
     try:
