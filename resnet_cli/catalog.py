@@ -34,8 +34,9 @@ def models_json() -> list[dict]:
 
 def print_models_table() -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
+
+    from .writers import data_console
 
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, show_edge=False)
     # Parameter counts are in --format json; MB tells the same story in fewer columns.
@@ -55,7 +56,7 @@ def print_models_table() -> None:
     table.caption = ("ImageNet-1K accuracy (%) from torchvision. * DEFAULT weights. input: resize→crop.\n"
                      "Fetch for offline use: resnet-classify download ARCH [--weights NAME|all]")
     table.caption_justify = "left"
-    console = Console()
+    console = data_console()
     if not console.is_terminal:
         console.width = 160  # into a file or pipe: never truncate
     console.print(table)

@@ -12,16 +12,15 @@ A file that is named like a command is reached as ./models.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from . import __version__
-from .errors import ExitCode, UsageError
+from .errors import PROG, ExitCode, Interrupted, OutputClosed, UsageError
 from .writers import Format
-
-PROG = "resnet-classify"
 COMMANDS = ("classify", "models", "download", "arch")
 
 app = typer.Typer(
@@ -51,6 +50,18 @@ OfflineOpt = Annotated[bool, typer.Option(
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-file error lines on stderr.")]
 
 
+def _pipe_safe(command):
+    """A reader that goes away (`| head`) ends the command with OutputClosed (exit 141), not typer's exit 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BrokenPipeError:
+            raise OutputClosed() from None
+
+    return wrapper
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"{PROG} {__version__}")
@@ -66,6 +77,7 @@ def main_callback(
 
 
 @app.command(no_args_is_help=True)
+@_pipe_safe
 def classify(
     inputs: Annotated[list[str], typer.Argument(
         help="Image files, folders, quoted globs ('photos/*.jpg'), http(s) URLs, or - to read paths from stdin "
@@ -122,6 +134,7 @@ def classify(
 
 
 @app.command()
+@_pipe_safe
 def models(
     format: Annotated[Optional[Format], typer.Option(
         "--format", "-f", help="table (default on a terminal), json (default otherwise) or jsonl.",
@@ -144,6 +157,7 @@ def models(
 
 
 @app.command()
+@_pipe_safe
 def download(
     arch: Annotated[str, typer.Argument(help="Architecture, or 'all'.", show_default=False)],
     weights: Annotated[str, typer.Option("--weights", "-w", help="Which weights: DEFAULT, a name, or 'all'.")]
@@ -158,6 +172,7 @@ def download(
 
 
 @app.command("arch")
+@_pipe_safe
 def arch_command(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. resnet50.", show_default=False)],
     input_size: Annotated[str, typer.Option("--input-size", "-s", help="N or HxW.")] = "224",
@@ -183,29 +198,29 @@ def _route_default_command(argv: list[str]) -> list[str]:
 
 def run(argv: list[str]) -> int:
     """Run the command line `argv` (without the program name); returns the exit code."""
-    import click
-
     argv = _route_default_command(list(argv))
     try:
-        code = app(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:  # bad option or argument: click's message, exit 2
-        exc.show()
-        code = exc.exit_code
+        # typer reports bad options and arguments itself (a usage message, exit 2) and ends every command
+        # with SystemExit; the library's own errors come through as exceptions.
+        app(args=argv, prog_name=PROG, standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
     except UsageError as exc:  # WeightsUnavailable included: its message spans a few lines on purpose
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         code = ExitCode.USAGE
-    except BrokenPipeError:
-        # The reader went away (| head): stop quietly, as cat does, with 128 + SIGPIPE.
+    except OutputClosed:
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 141
-    except (KeyboardInterrupt, click.exceptions.Abort):
+        try:  # later flushes of stdout must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        code = ExitCode.BROKEN_PIPE
+    except Interrupted as exc:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        code = ExitCode.INTERRUPTED
-    return int(code or 0)
+        code = 128 + exc.signum
+    return int(code)
 
 
 def main() -> None:

@@ -13,11 +13,15 @@ from __future__ import annotations
 import enum
 
 
+PROG = "resnet-classify"
+
+
 class ExitCode(enum.IntEnum):
     OK = 0
     SOME_FAILED = 1
     USAGE = 2
     INTERRUPTED = 130  # 128 + SIGINT
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (| head), as cat reports it
     TERMINATED = 143  # 128 + SIGTERM
 
 
@@ -31,6 +35,19 @@ class UsageError(ResnetCliError):
 
 class WeightsUnavailable(UsageError):
     """Published weights are neither cached nor downloadable (offline, no network, bad hash)."""
+
+
+class OutputClosed(ResnetCliError):
+    """stdout's reader went away (`| head`): the run ends quietly with exit code 141."""
+
+
+class Interrupted(BaseException):
+    """A second SIGINT/SIGTERM: stop at once. A BaseException, like KeyboardInterrupt, so that no handler meant
+    for errors swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class InputError(ResnetCliError):
@@ -52,7 +69,6 @@ NOT_AN_IMAGE = "not_an_image"
 UNSUPPORTED_FORMAT = "unsupported_format"
 DECOMPRESSION_BOMB = "decompression_bomb"
 CORRUPT = "corrupt"
-TOO_SMALL = "too_small"
 DOWNLOAD_FAILED = "download_failed"
 TOO_LARGE = "too_large"
 TIMEOUT = "timeout"

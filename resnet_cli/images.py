@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from typing import BinaryIO
 
@@ -24,6 +25,10 @@ from .errors import InputError
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey guess
+# Pillow warns (rather than fails) on some damaged files and on large images; the checks here decide instead,
+# and stderr stays one line per file. A filter set once: `warnings.catch_warnings` is not thread-safe, and
+# the decode threads would undo each other's.
+warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 _MAGIC = {
@@ -94,44 +99,46 @@ def decode(fp: BinaryIO, *, draft_min_side: int | None = None, max_pixels: int =
         raise InputError(E.EMPTY_FILE, "empty file (0 bytes)")
     fp.seek(0)
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (rather than fails) on some damaged files and on large images; the checks here
-            # decide instead, and stderr stays one line per file.
-            warnings.simplefilter("ignore")
-            try:
-                img = Image.open(fp)
-            except UnidentifiedImageError:
-                fp.seek(0)
-                kind, reason = _sniff(fp.read(1024))
-                raise InputError(kind, reason) from None
-            width, height = img.size
-            if width * height > max_pixels:
-                raise InputError(
-                    E.DECOMPRESSION_BOMB,
-                    f"{width}x{height} is {width * height:,} pixels, over the {max_pixels:,} limit "
-                    "(refused as a possible decompression bomb)",
-                )
-            if width < 1 or height < 1:
-                raise InputError(E.CORRUPT, f"invalid size {width}x{height}")
-            if draft_min_side and img.format == "JPEG":
-                scale = draft_min_side / min(width, height)
-                if scale < 1:
-                    img.draft("RGB", (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))))
-            img.load()
-            try:
-                img = ImageOps.exif_transpose(img)
-            except Exception:  # a broken EXIF block: classify the pixels as stored rather than fail
-                pass
-            return _to_rgb(img)
+        try:
+            img = Image.open(fp)
+        except UnidentifiedImageError:
+            fp.seek(0)
+            kind, reason = _sniff(fp.read(1024))
+            raise InputError(kind, reason) from None
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InputError(
+                E.DECOMPRESSION_BOMB,
+                f"{width}x{height} is {width * height:,} pixels, over the {max_pixels:,} limit "
+                "(refused as a possible decompression bomb)",
+            )
+        if width < 1 or height < 1:
+            raise InputError(E.CORRUPT, f"invalid size {width}x{height}")
+        if draft_min_side and img.format == "JPEG":
+            scale = draft_min_side / min(width, height)
+            if scale < 1:
+                img.draft("RGB", (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))))
+        img.load()
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a broken EXIF block: classify the pixels as stored rather than fail
+            pass
+        return _to_rgb(img)
     except InputError:
         raise
-    except Exception as exc:  # Pillow raises many types on hostile input (MemoryError included): all are this file's
+    except Exception as exc:  # Pillow raises many types on hostile input (MemoryError too): each is this file's
         raise _classify_decode_error(exc) from None
 
 
 def open_local(path: str, **kwargs) -> Image.Image:
-    """Decode the image at `path`, mapping file-system failures to their error types."""
+    """Decode the image at `path`, mapping file-system failures to their error types. Only regular files are
+    opened: a FIFO or a device named like an image would block the decode thread forever."""
     try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(E.IS_A_DIRECTORY, "is a folder, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(E.NOT_AN_IMAGE, "not a regular file (a FIFO, socket or device)")
         with open(path, "rb") as f:
             return decode(f, **kwargs)
     except FileNotFoundError:
@@ -139,9 +146,11 @@ def open_local(path: str, **kwargs) -> Image.Image:
             raise InputError(E.NOT_FOUND, f"dangling symlink to {os.readlink(path)!r}") from None
         raise InputError(E.NOT_FOUND, "no such file") from None
     except IsADirectoryError:
-        raise InputError(E.IS_A_DIRECTORY, "is a directory (pass it as a folder input to scan it)") from None
+        raise InputError(E.IS_A_DIRECTORY, "is a folder, not an image file") from None
     except PermissionError:
         raise InputError(E.PERMISSION_DENIED, "permission denied") from None
+    except ValueError:  # "embedded null byte": a path from stdin that no file can have
+        raise InputError(E.NOT_FOUND, "no such file (the path contains a NUL byte)") from None
     except OSError as exc:
         raise InputError(E.CORRUPT, f"cannot read file: {exc.strerror or exc}") from None
 

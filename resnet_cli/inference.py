@@ -72,21 +72,19 @@ class Predictor:
     """Callable: (N, H, W, 3) uint8 CPU tensor -> (top-k probabilities, top-k indices), float32/int64 on CPU."""
 
     def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype,
-                 topk: int, batch_size: int, use_fused: bool = True) -> None:
+                 topk: int, batch_size: int) -> None:
         from . import fused
 
         self.preprocess = preprocess
         self.device = device
         self.dtype = dtype
         self.topk = topk
-        if device.type == "cpu" and use_fused and fused.available():
+        if device.type == "cpu" and fused.available():
             self.forward = fused.FusedResNet(module, dtype, batch_size, preprocess.crop)
-            self.backend = "cpu-fused"
         else:
             if device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
             self.forward = module.to(device=device, dtype=dtype, memory_format=torch.channels_last)
-            self.backend = f"{device.type}-eager"
 
     @torch.inference_mode()
     def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,9 +76,13 @@ def _expand_one(arg: str, recursive: bool, allow_glob: bool) -> Iterator[Source]
         matches = sorted(glob.glob(arg, recursive=recursive))
         if not matches:
             yield Source(arg, InputError(E.NOT_FOUND, "no files match this pattern"))
+        # A recursive '**' already matches every file below the folders it matches: listing those folders
+        # too would give their files a second record.
+        descends = recursive and "**" in arg
         for m in matches:
             if os.path.isdir(m):
-                yield from _scan(m, recursive, seen)
+                if not descends:
+                    yield from _scan(m, recursive, seen)
             else:
                 yield Source(m)
     else:

@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -78,24 +79,32 @@ def _open(url: str, timeout: float):
 
 def fetch_image_bytes(url: str, *, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
     """The body of an image URL; an `InputError` when it cannot be had within the time and size limits.
+    `timeout` bounds the whole request, body included: a server that trickles a byte at a time is cut off too.
     Whether the body is an image is the decoder's call (it sniffs HTML, SVG, text), not the Content-Type's."""
     timeout = URL_TIMEOUT_S if timeout is None else timeout
     max_bytes = MAX_URL_BYTES if max_bytes is None else max_bytes
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
     try:
         with _open(url, timeout) as resp:
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 raise InputError(E.TOO_LARGE, f"{int(length):,} bytes, over the {max_bytes:,}-byte limit for URLs")
-            data = resp.read(max_bytes + 1)
+            while chunk := resp.read1(65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InputError(E.TOO_LARGE, f"over the {max_bytes:,}-byte limit for URLs")
+                if time.monotonic() > deadline:
+                    raise InputError(E.TIMEOUT, f"download took over {timeout:g} s")
     except NetworkError as exc:
         raise InputError(exc.kind, exc.args[0]) from None
     except (socket.timeout, TimeoutError):
         raise InputError(E.TIMEOUT, f"download stalled for over {timeout:g} s") from None
     except OSError as exc:
         raise InputError(E.DOWNLOAD_FAILED, f"download failed ({exc})") from None
-    if len(data) > max_bytes:
-        raise InputError(E.TOO_LARGE, f"over the {max_bytes:,}-byte limit for URLs")
-    return data
+    return b"".join(chunks)
 
 
 def download(url: str, dest: Path, *, sha256_prefix: str | None, timeout: float = 30.0,

@@ -8,10 +8,10 @@
   the calling thread while the pool decodes the next batches, so both overlap.
 - The Decoder starts before the model is loaded: while one core imports torch (about 2 s), the other decodes.
 - At most `window` inputs are decoded ahead, so memory stays flat however many images there are.
-- Every source yields exactly one record, in input order: a failure waits in its place until the batch
-  around it is classified, and never shifts anyone else's result.
-- On SIGINT/SIGTERM the Decoder stops taking new inputs; everything already decoded is still classified and
-  emitted, then the stream ends.
+- Every source yields exactly one record, in input order: a failure waits in its place until every input
+  before it is out, and never shifts anyone else's result.
+- On SIGINT/SIGTERM the Decoder stops taking new inputs and the batch being gathered is the last one
+  classified; the output is a prefix of the inputs (what --resume continues from).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .errors import INTERNAL_ERROR, InputError
+from .errors import DOWNLOAD_FAILED, INTERNAL_ERROR, InputError
 from .images import open_bytes, open_local
 from .inputs import Source
 from .net import fetch_image_bytes, is_url
@@ -43,14 +43,30 @@ class Prepared:
     error: InputError | None = None
 
 
-def prepare(source: Source, pre: Preprocess, fast_decode: bool = False) -> Prepared:
-    """Decode and resize one source (runs in a worker thread). Never raises for a bad input."""
+def read_url(path: str) -> bytes | None:
+    """The default `read_remote`: http(s) URLs are fetched; anything else is a local path (None)."""
+    return fetch_image_bytes(path) if is_url(path) else None
+
+
+def refuse_url(path: str) -> bytes | None:
+    """`read_remote` under --offline: a URL input is a failure record, never a network request."""
+    if is_url(path):
+        raise InputError(DOWNLOAD_FAILED, "not fetched: the network is off (--offline)")
+    return None
+
+
+def prepare(source: Source, pre: Preprocess, fast_decode: bool = False,
+            read_remote: Callable[[str], bytes | None] = read_url) -> Prepared:
+    """Decode and resize one source (runs in a worker thread). Never raises for a bad input.
+    `read_remote(path)` gives the bytes of a source that is not a local file (raising InputError when it cannot),
+    or None for a local path; the Ray engine adds s3:// and gs:// to it."""
     if source.error is not None:
         return Prepared(source.path, None, source.error)
     draft = FAST_DECODE_FACTOR * pre.resize if fast_decode else None
     try:
-        if is_url(source.path):
-            img = open_bytes(fetch_image_bytes(source.path), draft_min_side=draft)
+        data = read_remote(source.path)
+        if data is not None:
+            img = open_bytes(data, draft_min_side=draft)
         else:
             img = open_local(source.path, draft_min_side=draft)
         return Prepared(source.path, resize_and_crop(img, pre).tobytes())
@@ -98,30 +114,34 @@ def default_window(batch_size: int, workers: int) -> int:
 
 
 _END = object()
+IDLE = object()  # yielded by Decoder when the next input is not ready yet: a cue to flush a partial batch
 
 
 class Decoder:
     """Decodes sources in a thread pool as soon as it is created, at most `window` ahead of the consumer, and
     yields them in input order. Sources are pulled by a feeder thread, so work starts while the caller is
-    still busy (importing torch, loading weights).
+    still busy (importing torch, loading weights), and a slow source (stdin fed by hand, a slow producer)
+    never blocks the consumer: while the next input is not ready, the iterator yields IDLE every `idle_s`.
 
-    Once the `stop` event is set (by the signal handler) it takes no new sources; iteration ends after the inputs
-    already decoding, up to the first one that never started (no gap opens in the output order; the rest are
-    left for --resume)."""
+    Once the `stop` event is set (by the signal handler) it takes no new sources and iteration ends at the
+    first input that is not decoded yet: nothing waits for a decode in progress (it could be a slow URL), and
+    no gap opens in the output order (the rest is left for --resume)."""
 
     def __init__(self, sources: Iterable[Source], pre: Preprocess, *, workers: int | None = None,
-                 window: int | None = None, fast_decode: bool = False, stop: threading.Event | None = None
-                 ) -> None:
+                 window: int | None = None, fast_decode: bool = False, stop: threading.Event | None = None,
+                 offline: bool = False, idle_s: float = 0.25) -> None:
         self.workers = workers or default_workers()
         self._window = threading.Semaphore(window or default_window(8, self.workers))
         self._futures: queue.Queue = queue.Queue()
         self._stop = stop or threading.Event()  # shared with the signal handler
+        self._idle_s = idle_s
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
-        self._feeder = threading.Thread(target=self._feed, args=(iter(sources), pre, fast_decode),
+        read_remote = refuse_url if offline else read_url
+        self._feeder = threading.Thread(target=self._feed, args=(iter(sources), pre, fast_decode, read_remote),
                                         name="decode-feeder", daemon=True)
         self._feeder.start()
 
-    def _feed(self, sources, pre: Preprocess, fast_decode: bool) -> None:
+    def _feed(self, sources, pre: Preprocess, fast_decode: bool, read_remote) -> None:
         try:
             for src in sources:
                 while not self._window.acquire(timeout=0.1):
@@ -129,46 +149,61 @@ class Decoder:
                         return
                 if self._stop.is_set():
                     return
-                self._futures.put(self._pool.submit(prepare, src, pre, fast_decode))
-        except BaseException as exc:  # listing failed in a way no record covers (stdin closed badly): re-raised
+                self._futures.put(self._pool.submit(prepare, src, pre, fast_decode, read_remote))
+        except BaseException as exc:  # listing failed in a way no record covers: re-raised in the consumer
             self._futures.put(exc)
         finally:
             self._futures.put(_END)
 
-    def __iter__(self) -> Iterator[Prepared]:
+    def __iter__(self) -> Iterator[Prepared | object]:
         while True:
-            item = self._futures.get()
+            try:
+                item = self._futures.get(timeout=self._idle_s)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                yield IDLE
+                continue
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
-            if self._stop.is_set() and item.cancel():
-                return  # never started: this input and all after it are left undone (close() cancels them)
-            prepared = item.result()
+            while not item.done():
+                if self._stop.is_set():
+                    return
+                wait([item], timeout=self._idle_s)
+                if not item.done():
+                    yield IDLE
             self._window.release()
-            yield prepared
+            yield item.result()
 
     def close(self) -> None:
-        """Stop and release the threads (pending work is cancelled, work in progress finishes)."""
+        """Stop and let go of the threads: queued work is cancelled; work in progress is not waited for (the
+        pool's threads finish it on their own; the CLI exits without joining them)."""
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        # The feeder may be blocked reading stdin (`tail -f list | resnet-classify -`); it is a daemon thread
-        # and submits nothing more once stopped, so it is not waited for long.
-        self._feeder.join(timeout=0.5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def classify(decoded: Iterable[Prepared], predictor, *, arch: str, weights: str, labels, batch_size: int = 8,
-             stop: threading.Event | None = None) -> Iterator[Record]:
-    """One record per decoded input, in order, streamed batch by batch. Once `stop` is set, the batch being
-    gathered is classified and emitted and the stream ends: at most one more forward pass after a Ctrl-C; what
-    else was decoded ahead is left for --resume."""
+def classify(decoded: Iterable[Prepared | object], predictor, *, arch: str, weights: str, labels,
+             batch_size: int = 8, stop: threading.Event | None = None) -> Iterator[Record]:
+    """One record per decoded input, in order, streamed: a batch is classified when it is full, or as soon
+    as the decoder has nothing ready (IDLE), so results never wait on a slow source; failures that no
+    success precedes are emitted at once. Once `stop` is set, the batch being gathered is classified and
+    emitted and the stream ends: at most one more forward pass after a Ctrl-C."""
     pre: Preprocess = predictor.preprocess
     pending: list[Prepared] = []
     n_ok = 0
     for item in decoded:
-        pending.append(item)
-        if item.error is None:
-            n_ok += 1
+        if item is IDLE:
+            if n_ok:
+                yield from _records(pending, predictor, arch=arch, weights=weights, labels=labels, pre=pre)
+                pending, n_ok = [], 0
+            continue
+        if item.error is not None and not pending:
+            yield from _records([item], predictor, arch=arch, weights=weights, labels=labels, pre=pre)
+        else:
+            pending.append(item)
+            n_ok += item.error is None
         if n_ok >= batch_size:
             yield from _records(pending, predictor, arch=arch, weights=weights, labels=labels, pre=pre)
             pending, n_ok = [], 0

@@ -41,7 +41,8 @@ from collections.abc import Iterable, Iterator
 from . import errors as E
 from .errors import ExitCode, InputError, UsageError
 from .inputs import Source, expand, is_image_name
-from .pipeline import FAST_DECODE_FACTOR, Prepared, prepare, stack, to_records
+from .net import MAX_URL_BYTES
+from .pipeline import Prepared, prepare, read_url, stack, to_records
 from .records import Failure, Record
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'resnet-classify[ray]'"
@@ -49,7 +50,6 @@ REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 # from_items cuts the input list into at most this many blocks: enough for every CPU of a large cluster to
 # get work, few enough that the driver's bookkeeping per block stays small for millions of inputs.
 MAX_BLOCKS = 2000
-MAX_REMOTE_BYTES = 64 * 1024 * 1024  # as for http(s) URLs: a larger object is refused, not read into memory
 STOP_WAIT_S = 30.0  # after a stop, how long to wait for Ray's batch in flight before shutting Ray down
 
 
@@ -106,32 +106,26 @@ def _oneline(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def prepare_remote(source: Source, pre, fast_decode: bool = False) -> Prepared:
-    """pipeline.prepare for an object in remote storage: read its bytes, then decode them as prepare does."""
+def read_object(path: str) -> bytes | None:
+    """pipeline.prepare's `read_remote` on the cluster: s3:// and gs:// objects through pyarrow, http(s) URLs
+    as the local engine fetches them, None for a local path. Objects have the URLs' size limit."""
+    if not is_remote(path):
+        return read_url(path)
     from pyarrow import fs as pafs
 
-    from .images import open_bytes
-    from .preprocess import resize_and_crop
-
     try:
-        filesystem, path = pafs.FileSystem.from_uri(source.path)
-        with filesystem.open_input_stream(path) as f:
-            data = f.read(MAX_REMOTE_BYTES + 1)
+        filesystem, key = pafs.FileSystem.from_uri(path)
+        with filesystem.open_input_stream(key) as f:
+            data = f.read(MAX_URL_BYTES + 1)
     except FileNotFoundError:
-        return Prepared(source.path, None, InputError(E.NOT_FOUND, "no such object"))
+        raise InputError(E.NOT_FOUND, "no such object") from None
     except PermissionError:
-        return Prepared(source.path, None, InputError(E.PERMISSION_DENIED, "permission denied"))
+        raise InputError(E.PERMISSION_DENIED, "permission denied") from None
     except Exception as exc:
-        return Prepared(source.path, None, InputError(E.DOWNLOAD_FAILED, f"cannot read: {_oneline(exc)}"))
-    if len(data) > MAX_REMOTE_BYTES:
-        return Prepared(source.path, None, InputError(E.TOO_LARGE, f"larger than {MAX_REMOTE_BYTES:,} bytes"))
-    try:
-        img = open_bytes(data, draft_min_side=FAST_DECODE_FACTOR * pre.resize if fast_decode else None)
-        return Prepared(source.path, resize_and_crop(img, pre).tobytes())
-    except InputError as exc:
-        return Prepared(source.path, None, exc)
-    except Exception as exc:  # as in prepare: a bug costs one record, not the run
-        return Prepared(source.path, None, InputError(E.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+        raise InputError(E.DOWNLOAD_FAILED, f"cannot read: {_oneline(exc)}") from None
+    if len(data) > MAX_URL_BYTES:
+        raise InputError(E.TOO_LARGE, f"larger than {MAX_URL_BYTES:,} bytes")
+    return data
 
 
 # Strings that cross Ray as Arrow data are carried as bytes: a file name that is not UTF-8 (a surrogate escape)
@@ -154,8 +148,7 @@ def decode_batch(batch, *, pre, fast_decode: bool):
         path = _from_bytes(row["path"])
         error = InputError(row["error_type"], _from_bytes(row["error_message"])) if row["error_type"] else None
         src = Source(path, error)
-        p = prepare_remote(src, pre, fast_decode) if error is None and is_remote(path) else prepare(
-            src, pre, fast_decode)
+        p = prepare(src, pre, fast_decode, read_object)
         pixels.append(p.pixels)
         types.append(None if p.error is None else p.error.kind)
         messages.append(None if p.error is None else _to_bytes(p.error.message))
@@ -272,13 +265,15 @@ def _plan(ray, opts, device) -> tuple[str, int]:
     return device.type, opts.workers or 1  # mps: one device per machine
 
 
-def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device, dtype, stdout, stderr) -> int:
-    """The job of runner.run_classify on Ray; returns the exit code (0, 1, or 130/143 when interrupted)."""
+def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device, dtype, stop, stdout, stderr
+            ) -> int:
+    """The job of runner.run_classify on Ray; returns the exit code (0, 1, or 130/143 when interrupted).
+    `stop` is the caller's runner.StopSignals, already installed."""
     ray = import_ray()
     from ray.data import DataContext
 
     from .pipeline import default_workers
-    from .runner import StopSignals, default_batch_size, emit
+    from .runner import default_batch_size, emit
 
     sources = list(list_sources(opts.inputs, recursive=opts.recursive, null_separated=opts.null_separated,
                                 skip=skip))
@@ -290,7 +285,6 @@ def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device
     # core); with a GPU, every core, for the decode tasks that feed it.
     cores = default_workers()
     started = _connect(ray, opts.ray_address, (opts.workers or cores) if device.type == "cpu" else cores)
-    stop = StopSignals()
     ray_logger = logging.getLogger("ray.data")
     old_level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
@@ -306,8 +300,7 @@ def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device
                           batch_size=batch_size, dtype=dtype)
             records = _in_order(_rows(ds, sources, loaded, stop), sources, stop)
             try:
-                with stop.installed():
-                    failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
+                failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
             finally:
                 records.close()  # the reader thread leaves Ray before Ray is shut down (see _rows)
     finally:

@@ -28,9 +28,6 @@ class Preprocess:
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
 
-    def describe(self) -> dict:
-        return {"resize": self.resize, "crop": self.crop}
-
 
 @dataclass(frozen=True)
 class WeightsSpec:
@@ -154,11 +151,15 @@ def arch_of_weights_name(weights: str) -> str | None:
     return None
 
 
-def looks_like_weights_name(weights: str) -> bool:
-    """True for DEFAULT, IMAGENET1K_V2 or ResNet50_Weights.IMAGENET1K_V2; False for anything path-like."""
-    if "/" in weights or "\\" in weights or weights.endswith((".pth", ".pt", ".safetensors", ".bin")):
-        return False
-    return weights.replace(".", "_").replace("_", "").isalnum()
+def is_weights_name(weights: str) -> bool:
+    """True for what names published weights: DEFAULT, a weights name the registry has (IMAGENET1K_V2), or the
+    enum-qualified form (ResNet50_Weights.IMAGENET1K_V2, of any architecture and any name: the error then says
+    what is wrong with it). Anything else is a checkpoint path, so a missing `best.ckpt` is reported as a missing file."""
+    names = {"DEFAULT"} | {w for a in architectures().values() for w in a.weights}
+    if weights.upper() in names:
+        return True
+    enum, _, name = weights.partition(".")
+    return enum.lower().endswith("_weights") and bool(name)
 
 
 def get_weights(arch: ArchSpec, weights: str) -> WeightsSpec:

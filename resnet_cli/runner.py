@@ -15,12 +15,10 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
-from .errors import ExitCode, UsageError
+from .errors import PROG, ExitCode, Interrupted, UsageError
 from .inputs import Source, expand
 from .records import Failure, Record
 from .writers import Format, check_resumable, format_for_output, open_writer, printable, read_records
-
-PROG = "resnet-classify"
 
 
 @dataclass
@@ -57,15 +55,16 @@ def failure_line(rec: Failure) -> str:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM: the first one asks the pipeline to stop taking work; a second SIGINT aborts at once."""
+    """SIGINT/SIGTERM: the first one asks the pipeline to stop taking work (what is finished is written, exit
+    130/143); a second one, of either kind, ends the run at once (Interrupted)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
 
     def handler(self, signum, frame) -> None:
-        if self.event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.event.is_set():
+            raise Interrupted(self.signum or signum)
         self.signum = signum
         self.event.set()
 
@@ -128,63 +127,77 @@ def run_classify(opts: ClassifyOptions, *, stdout: BinaryIO | None = None, stder
         raise UsageError("--resume needs --output FILE (the file to resume)")
     if opts.engine not in ("local", "ray"):
         raise UsageError(f"unknown engine {opts.engine!r}; use local or ray")
+    if "-" in opts.inputs and sys.stdin is None:
+        raise UsageError("- reads paths from stdin, but stdin is closed")
     fmt = opts.format or format_for_output(opts.output, stdout_is_tty=_isatty(stdout))
-    if opts.output and os.path.isdir(opts.output):
-        raise UsageError(f"--output {opts.output} is a folder; give a file name")
-    from .weights import choose
+    if opts.output:
+        check_writable(opts.output)
+    from .weights import choose, ensure_available
 
     choice = choose(arch, opts.weights, resize=opts.resize, crop=opts.crop)
+    ensure_available(choice, offline=opts.offline)  # offline without the file: fail now, before any input
     previous: list[Record] = []
     if opts.resume:
         previous = [r for r in read_records(opts.output, fmt) if r.ok]
-        check_resumable(previous, arch.name, choice.name)
+        check_resumable(previous, arch.name, choice.name, choice.preprocess, opts.topk)
     skip = {r.path for r in previous}
-    if opts.engine == "ray":
-        return _run_ray(opts, choice, fmt, previous, skip, stdout=stdout, stderr=stderr)
-
-    from .pipeline import Decoder, classify, default_window, default_workers
-
-    # Decoding starts now, on the core that importing torch and loading the weights leave idle.
-    workers = opts.workers or default_workers()
     stop = StopSignals()
-    decoder = Decoder(_sources(opts, skip), choice.preprocess, workers=workers, fast_decode=opts.fast_decode,
-                      window=default_window(opts.batch_size or 64, workers), stop=stop.event)
-    try:
-        from . import inference
-        from .weights import load
+    with stop.installed():
+        if opts.engine == "ray":
+            from .ray_engine import import_ray, run_ray
 
-        device = inference.resolve_device(opts.device)
-        dtype = inference.check_precision(opts.precision, device)
-        loaded = load(choice, offline=opts.offline, labels_file=opts.labels, quiet=opts.quiet)
-        if opts.topk > loaded.num_classes:
-            raise UsageError(f"--topk {opts.topk} is more than the model's {loaded.num_classes} classes")
-        batch_size = default_batch_size(opts.batch_size, device.type)
-        predictor = inference.Predictor(loaded.module, loaded.preprocess, device=device, dtype=dtype,
-                                        topk=opts.topk, batch_size=batch_size)
-        records = classify(decoder, predictor, arch=arch.name, weights=loaded.weights, labels=loaded.labels,
-                           batch_size=batch_size, stop=stop.event)
-        with stop.installed():
+            import_ray()  # a missing Ray is a usage error before any weights are loaded or downloaded
+            device, dtype, loaded = _load(opts, choice, here=False)
+            return run_ray(opts, loaded, fmt, previous, skip, device=device, dtype=dtype, stop=stop,
+                           stdout=stdout, stderr=stderr)
+
+        from .pipeline import Decoder, classify, default_window, default_workers
+
+        # Decoding starts now, on the core that importing torch and loading the weights leave idle.
+        workers = opts.workers or default_workers()
+        decoder = Decoder(_sources(opts, skip), choice.preprocess, workers=workers, fast_decode=opts.fast_decode,
+                          window=default_window(opts.batch_size or 64, workers), stop=stop.event,
+                          offline=opts.offline)
+        try:
+            device, dtype, loaded = _load(opts, choice, here=True)
+            from .inference import Predictor
+
+            batch_size = default_batch_size(opts.batch_size, device.type)
+            predictor = Predictor(loaded.module, loaded.preprocess, device=device, dtype=dtype, topk=opts.topk,
+                                  batch_size=batch_size)
+            records = classify(decoder, predictor, arch=arch.name, weights=loaded.weights, labels=loaded.labels,
+                               batch_size=batch_size, stop=stop.event)
             failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
-    finally:
-        decoder.close()
+        finally:
+            decoder.close()
     return stop.exit_code or (ExitCode.SOME_FAILED if failed else ExitCode.OK)
 
 
-def _run_ray(opts: ClassifyOptions, choice, fmt: Format, previous: list[Record], skip: set[str], *,
-             stdout: BinaryIO, stderr: TextIO) -> int:
-    from .ray_engine import import_ray, run_ray
-
-    import_ray()  # a missing Ray is a usage error before any weights are loaded or downloaded
+def _load(opts: ClassifyOptions, choice, *, here: bool):
+    """(device, dtype, LoadedModel). `here=False` for the Ray engine, whose model runs on the cluster's
+    machines: the device is parsed, not looked for on this one."""
     from . import inference
     from .weights import load
 
-    # The model runs on the cluster's machines: the device is parsed here, not looked for.
-    device = inference.resolve_device(opts.device, here=False)
-    dtype = inference.check_precision(opts.precision, device, here=False)
+    device = inference.resolve_device(opts.device, here=here)
+    dtype = inference.check_precision(opts.precision, device, here=here)
     loaded = load(choice, offline=opts.offline, labels_file=opts.labels, quiet=opts.quiet)
     if opts.topk > loaded.num_classes:
         raise UsageError(f"--topk {opts.topk} is more than the model's {loaded.num_classes} classes")
-    return run_ray(opts, loaded, fmt, previous, skip, device=device, dtype=dtype, stdout=stdout, stderr=stderr)
+    return device, dtype, loaded
+
+
+def check_writable(output: str) -> None:
+    """--output must be creatable (or replaceable) before any work starts, not found out after the model loads."""
+    if os.path.isdir(output):
+        raise UsageError(f"--output {output} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {output}: folder {folder} does not exist")
+    if os.path.exists(output) and not os.access(output, os.W_OK):
+        raise UsageError(f"--output {output}: not writable")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output}: cannot create files in {folder}")
 
 
 def _isatty(stream) -> bool:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import net
-from .errors import UsageError, WeightsUnavailable
-from .registry import ArchSpec, Preprocess, WeightsSpec, categories, get_weights, looks_like_weights_name
+from .errors import PROG, UsageError, WeightsUnavailable
+from .registry import ArchSpec, Preprocess, WeightsSpec, categories, get_weights, is_weights_name
 
 OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
 
@@ -40,10 +40,6 @@ def checkpoints_dir() -> Path:
 
 def cached_file(spec: WeightsSpec) -> Path:
     return checkpoints_dir() / spec.file_name
-
-
-def is_cached(spec: WeightsSpec) -> bool:
-    return cached_file(spec).is_file()
 
 
 def _unavailable(spec: WeightsSpec, why: str) -> WeightsUnavailable:
@@ -75,6 +71,12 @@ def _progress_printer(spec: WeightsSpec, quiet: bool):
     return progress, update
 
 
+def ensure_available(choice: "WeightsChoice", *, offline: bool) -> None:
+    """Fail before any work starts when published weights are not cached and the network is off."""
+    if choice.spec is not None and offline and not cached_file(choice.spec).is_file():
+        raise _unavailable(choice.spec, "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)")
+
+
 def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False) -> Path:
     """The cached checkpoint of published weights, downloading it first unless `offline`."""
     dest = cached_file(spec)
@@ -83,8 +85,7 @@ def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False) -> Path:
     if offline:
         raise _unavailable(spec, "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)")
     if not quiet:
-        print(f"resnet-classify: downloading {spec.full_name} ({spec.file_size_mb:.1f} MB) to {dest}",
-              file=sys.stderr)
+        print(f"{PROG}: downloading {spec.full_name} ({spec.file_size_mb:.1f} MB) to {dest}", file=sys.stderr)
     progress, update = _progress_printer(spec, quiet)
     try:
         if progress is not None:
@@ -200,8 +201,9 @@ class LoadedModel:
 
 
 def resolve_spec(arch: ArchSpec, weights: str) -> WeightsSpec | None:
-    """The published weights `weights` names, or None when it names a checkpoint file."""
-    if looks_like_weights_name(weights) and not os.path.exists(weights):
+    """The published weights `weights` names, or None when it names a checkpoint file (an existing file always
+    wins: a checkpoint may be called DEFAULT)."""
+    if is_weights_name(weights) and not os.path.exists(weights):
         return get_weights(arch, weights)
     return None
 

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from .errors import UsageError
+from .errors import OutputClosed, UsageError
 from .records import Failure, Record, Success, from_dict
 
 
@@ -55,6 +55,19 @@ def printable(path: str) -> str:
     if raw is not None:
         path = raw.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+
+
+def data_console(**kwargs):
+    """A rich Console for data on stdout whose closed pipe (`| head`) ends the run with exit code 141, where
+    rich's own handling would exit with 1."""
+    from rich.console import Console
+
+    class DataConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise OutputClosed()
+
+    return DataConsole(**kwargs)
 
 
 def can_replace_atomically(path: str) -> bool:
@@ -170,10 +183,8 @@ class TableWriter(Writer):
     def __init__(self, out: BinaryIO, atomic: AtomicFile | None = None, owned: bool = False, *,
                  color: bool | None = None) -> None:
         super().__init__(out, atomic, owned)
-        from rich.console import Console
-
         self._text = io.TextIOWrapper(out, encoding="utf-8", errors="replace", write_through=True)
-        self.console = Console(file=self._text, force_terminal=color, highlight=False, soft_wrap=False)
+        self.console = data_console(file=self._text, force_terminal=color, highlight=False, soft_wrap=False)
 
     def _write(self, record: Record) -> None:
         from rich.markup import escape
@@ -228,11 +239,17 @@ def read_records(path: str, fmt: Format) -> list[Record]:
     try:
         if fmt is Format.jsonl:
             out = []
-            for line in data.split(b"\n"):
+            lines = data.split(b"\n")
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
                 try:
                     out.append(from_dict(json.loads(line.decode("utf-8"))))
                 except (ValueError, KeyError, TypeError):
-                    continue  # the torn tail of an interrupted write; that input is classified again
+                    if number == len(lines):
+                        continue  # the torn last line of a killed run: that input is classified again
+                    raise UsageError(f"--resume: line {number} of {path} is not a record of this tool; the file "
+                                     "is left as it is (is it the right file?)") from None
             return out
         if fmt is Format.json:
             return [from_dict(d) for d in json.loads(data.decode("utf-8"))] if data.strip() else []
@@ -297,10 +314,16 @@ def open_writer(fmt: Format, output: str | None, *, previous: Iterable[Record] =
     return writer
 
 
-def check_resumable(previous: Iterable[Success], arch: str, weights: str) -> None:
+def check_resumable(previous: Iterable[Success], arch: str, weights: str, pre, topk: int) -> None:
+    """Results of another model, preprocessing or top-k must not be mixed into one file."""
     for r in previous:
         if (r.arch, r.weights) != (arch, weights):
             raise UsageError(
                 f"--resume: the file holds results of {r.arch} with {r.weights}; this run uses {arch} with "
                 f"{weights}. Resume with the same --arch and --weights, or write to another file."
+            )
+        if (r.resize, r.crop) != (pre.resize, pre.crop) or len(r.topk) != topk:
+            raise UsageError(
+                f"--resume: the file holds results at resize {r.resize}, crop {r.crop}, top-{len(r.topk)}; this "
+                f"run uses resize {pre.resize}, crop {pre.crop}, top-{topk}. Resume with the same options."
             )

@@ -249,3 +249,77 @@ def test_fast_decode_keeps_the_answer_on_a_large_photo(tmp_path, checkpoint, cli
     fast = cli(*args, "--fast-decode").jsonl()[0]["topk"]
     assert [t["index"] for t in fast][:3] == [t["index"] for t in exact][:3]
     assert abs(fast[0]["probability"] - exact[0]["probability"]) < 0.02
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "xml"], "Invalid value"),
+    (["--bogus"], "No such option"),
+    (["-k", "abc"], "Invalid value"),
+])
+def test_bad_options_are_usage_errors_not_tracebacks(argv, message, r18, cli):
+    res = cli(PHOTOS[0], *r18, *argv)
+    assert res.code == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert res.stdout == b""
+
+
+@pytest.mark.parametrize("argv", [[], ["classify"], ["arch"]])
+def test_missing_arguments_show_usage_and_exit_2(argv, cli):
+    res = cli(*argv)
+    assert res.code == 2 and "Traceback" not in res.stderr
+    assert "Usage" in res.stdout.decode() + res.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_run_with_141(photos_dir, r18):
+    # `resnet-classify ... | head -c 10`: the pipe closes after the first bytes
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_cli", str(photos_dir), *r18, "-f", "jsonl", "-b", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "under_a_file", "a_folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(where, tmp_path, r18, cli):
+    (tmp_path / "plain.txt").write_text("a file, not a folder")
+    out = {"missing_folder": tmp_path / "no" / "such" / "out.jsonl",
+           "under_a_file": tmp_path / "plain.txt" / "out.json",
+           "a_folder": tmp_path}[where]
+    res = cli(PHOTOS[0], *r18, "-o", out)
+    assert res.code == 2 and "--output" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_missing_checkpoint_file_is_reported_as_a_missing_file(cli, tmp_path):
+    for name in ("best.ckpt", "mymodel"):
+        res = cli(PHOTOS[0], "-a", "resnet18", "-w", name)
+        assert res.code == 2 and f"checkpoint {name}: no such file" in res.stderr
+
+
+def test_recursive_glob_gives_each_file_one_record(photos_dir, r18, cli):
+    sub = photos_dir / "sub"
+    sub.mkdir()
+    shutil.copy(PHOTOS[0], sub / "deep.png")
+    recs = cli(str(photos_dir / "**"), "-r", *r18, "-f", "jsonl", "-k", "1").jsonl()
+    found = [r["path"] for r in recs]
+    assert len(found) == len(set(found)) == len(PHOTOS) + 1
+
+
+def test_a_result_is_written_while_stdin_is_still_open(r18):
+    """A slow producer (`tail -f list | resnet-classify -`) sees each result without waiting for a batch."""
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_cli", "-", *r18, "-f", "jsonl", "-k", "1"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(os.fsencode(PHOTOS[0]) + b"\n/no/such.jpg\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())  # blocks until the record is out; stdin is still open
+        second = json.loads(proc.stdout.readline())
+        assert first["path"] == str(PHOTOS[0]) and "topk" in first
+        assert second["error"]["type"] == "not_found"
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 1

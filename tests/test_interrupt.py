@@ -101,3 +101,39 @@ def test_json_output_appears_atomically_and_holds_finished_results_after_an_inte
     data = json.loads(out.read_text())
     assert 0 < len(data) < N_IMAGES
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no temporary file left behind
+
+
+def test_a_second_signal_ends_the_run_at_once_with_complete_lines(many, checkpoint, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    proc = start(many, out, checkpoint("resnet18"), "-f", "jsonl")
+    wait_for_lines(out, 8, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err.decode()
+    assert b"Traceback" not in err
+    assert len(records(out)) < N_IMAGES  # every line complete JSON
+
+
+def test_resume_refuses_a_file_it_did_not_write_and_leaves_it_alone(checkpoint, tmp_path):
+    from resnet_cli.cli import run
+
+    notes = tmp_path / "notes.log"
+    notes.write_text("precious line 1\nprecious line 2\n")
+    code = run([str(PHOTOS[0]), "-a", "resnet18", "-w", str(checkpoint("resnet18")), "-o", str(notes), "--resume"])
+    assert code == 2
+    assert notes.read_text() == "precious line 1\nprecious line 2\n"
+
+
+def test_resume_refuses_to_mix_another_preprocessing_or_topk(checkpoint, tmp_path):
+    from resnet_cli.cli import run
+
+    out = tmp_path / "p.jsonl"
+    args = [str(PHOTOS[0]), "-a", "resnet18", "-w", str(checkpoint("resnet18")), "-o", str(out)]
+    assert run(args) == 0
+    before = out.read_bytes()
+    assert run([*args, "--resume", "--crop", "192"]) == 2
+    assert run([*args, "--resume", "-k", "3"]) == 2
+    assert out.read_bytes() == before
+    assert run([*args, str(PHOTOS[1]), "--resume"]) == 0
+    assert len(records(out)) == 2

@@ -110,8 +110,11 @@ def test_remote_uris_are_listed_and_read_through_pyarrow(monkeypatch, folder):
                                            skip=set()))
     assert [s.path for s in sources[:-1]] == [f"{uri}/{n}" for n in sorted(os.listdir(folder))]
     assert sources[-1].error.kind == "not_found"
+    from resnet_cli.pipeline import prepare
+
     pre = get_arch("resnet18").default_weights.preprocess
-    ok = ray_engine.prepare_remote(sources[0], pre)
+    ok = prepare(sources[0], pre, read_remote=ray_engine.read_object)
     assert ok.error is None and len(ok.pixels) == pre.crop * pre.crop * 3
-    assert ray_engine.prepare_remote(sources[1], pre).error.kind == "truncated"
-    assert ray_engine.prepare_remote(ray_engine.Source(uri + "/gone.jpg"), pre).error.kind == "not_found"
+    assert prepare(sources[1], pre, read_remote=ray_engine.read_object).error.kind == "truncated"
+    gone = ray_engine.Source(uri + "/gone.jpg")
+    assert prepare(gone, pre, read_remote=ray_engine.read_object).error.kind == "not_found"

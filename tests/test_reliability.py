@@ -135,6 +135,22 @@ def test_symlink_loops_end_and_unreadable_folders_get_a_record(tmp_path, checkpo
     assert res.code == 1
 
 
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path, checkpoint, cli):
+    import shutil
+
+    shutil.copy(PHOTOS[0], tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.jpg")  # nothing will ever write to it
+    res = cli(tmp_path, "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "jsonl")
+    recs = res.jsonl()
+    assert "topk" in recs[0] and recs[1]["error"]["type"] == "not_an_image"
+    assert "regular file" in recs[1]["error"]["message"] and res.code == 1
+
+
+def test_a_path_with_a_nul_byte_from_stdin_is_not_found(checkpoint, cli):
+    res = cli("-", "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "jsonl", stdin=b"bad\x00name.jpg\n")
+    assert res.jsonl()[0]["error"]["type"] == "not_found"
+
+
 ODD_NAMES = ["it's \"quoted\".jpg", "comma, separated.jpg", "new\nline.jpg", "café – 猫.jpg", "tab\there.jpg"]
 
 
@@ -186,10 +202,25 @@ SMALL_PHOTO = next(p for p in PHOTOS if p.name == "grace_hopper.jpg")  # 61 kB
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    requests = 0
+
     def log_message(self, *args):
         pass
 
     def do_GET(self):
+        type(self).requests += 1
+        if self.path == "/trickle.jpg":  # a byte every 0.2 s, for 8 s: each read succeeds, the whole does not
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            for _ in range(40):
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                time.sleep(0.2)
+            return
         if self.path == "/photo.jpg":
             body = SMALL_PHOTO.read_bytes()
             self.send_response(200)
@@ -245,6 +276,26 @@ def test_urls_classify_or_fail_with_their_reason_in_order(http_server, checkpoin
     assert [t["index"] for t in recs[0]["topk"]] == [t["index"] for t in local["topk"]]
     for a, b in zip(recs[0]["topk"], local["topk"]):
         assert abs(a["probability"] - b["probability"]) < 1e-5
+
+
+def test_offline_never_fetches_url_inputs(http_server, checkpoint, cli):
+    requests_before = _Handler.requests
+    res = cli(f"{http_server}/photo.jpg", SMALL_PHOTO, "-a", "resnet18", "-w", checkpoint("resnet18"),
+              "--offline", "-f", "jsonl")
+    recs = res.jsonl()
+    assert recs[0]["error"]["type"] == "download_failed" and "--offline" in recs[0]["error"]["message"]
+    assert "topk" in recs[1]
+    assert _Handler.requests == requests_before  # the server never heard from us
+
+
+def test_a_server_that_trickles_bytes_is_cut_off_at_the_timeout(http_server, monkeypatch):
+    from resnet_cli.errors import InputError
+
+    t0 = time.monotonic()
+    with pytest.raises(InputError) as exc:
+        net.fetch_image_bytes(f"{http_server}/trickle.jpg", timeout=1.0)
+    assert exc.value.kind == "timeout"
+    assert time.monotonic() - t0 < 2.5
 
 
 # ---- property test: the loader never crashes or hangs on any bytes ---------------------------------------
