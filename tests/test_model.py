@@ -43,3 +43,28 @@ def test_fused_cpu_path_matches_the_eager_module(arch, checkpoint):
     torch.testing.assert_close(fast, eager, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(other_batch, eager, atol=2e-4, rtol=1e-4)
     assert torch.equal(fast.topk(5).indices, eager.topk(5).indices)
+
+
+def test_without_onednn_fusion_the_eager_path_gives_the_same_answers(checkpoint, monkeypatch):
+    """Builds without the mkldnn operators (other CPUs, other torch builds) fall back to the eager module."""
+    from PIL import Image
+
+    from checkpoints import PHOTOS
+    from resnet_cli.inference import Predictor
+    from resnet_cli.preprocess import resize_and_crop
+
+    spec = registry.get_arch("resnet18")
+    pre = spec.default_weights.preprocess
+    crops = b"".join(resize_and_crop(Image.open(p).convert("RGB"), pre).tobytes() for p in PHOTOS)
+    batch = torch.frombuffer(bytearray(crops), dtype=torch.uint8).view(len(PHOTOS), pre.crop, pre.crop, 3)
+    results = []
+    for fusion in (True, False):
+        monkeypatch.setattr(fused, "available", lambda: fusion)
+        m = model.build(spec)
+        m.load_state_dict(torch.load(checkpoint("resnet18"), weights_only=True), assign=True)
+        predictor = Predictor(m.eval(), pre, device=torch.device("cpu"), dtype=torch.float32, topk=5, batch_size=8)
+        assert isinstance(predictor.forward, fused.FusedResNet) == fusion
+        results.append(predictor(batch))
+    (p_fused, i_fused), (p_eager, i_eager) = results
+    assert torch.equal(i_fused, i_eager)
+    torch.testing.assert_close(p_fused, p_eager, atol=1e-5, rtol=0)
