@@ -36,6 +36,7 @@ import logging
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 
 from . import errors as E
@@ -288,6 +289,8 @@ def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device
     ray_logger = logging.getLogger("ray.data")
     old_level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
+    # Ray Data warns when a run has fewer blocks than actors (one image, say): true, and nothing to act on.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     try:
         actor_device, actors = _plan(ray, opts, device)
         batch_size = default_batch_size(opts.batch_size, actor_device)
