@@ -80,7 +80,7 @@ def main_callback(
 @_pipe_safe
 def classify(
     inputs: Annotated[list[str], typer.Argument(
-        help="Image files, folders, quoted globs ('photos/*.jpg'), http(s) URLs, or - to read paths from stdin "
+        metavar="INPUT", help="Image files, folders, quoted globs ('photos/*.jpg'), http(s) URLs, or - to read paths from stdin "
         "(one a line).", show_default=False)],
     arch: ArchOpt = None,
     weights: WeightsOpt = "DEFAULT",
@@ -159,7 +159,7 @@ def models(
 @app.command()
 @_pipe_safe
 def download(
-    arch: Annotated[str, typer.Argument(help="Architecture, or 'all'.", show_default=False)],
+    arch: Annotated[str, typer.Argument(metavar="ARCH", help="Architecture, or 'all'.", show_default=False)],
     weights: Annotated[str, typer.Option("--weights", "-w", help="Which weights: DEFAULT, a name, or 'all'.")]
     = "DEFAULT",
     quiet: QuietOpt = False,
@@ -174,7 +174,7 @@ def download(
 @app.command("arch")
 @_pipe_safe
 def arch_command(
-    arch: Annotated[str, typer.Argument(help="Architecture, e.g. resnet50.", show_default=False)],
+    arch: Annotated[str, typer.Argument(metavar="ARCH", help="Architecture, e.g. resnet50.", show_default=False)],
     input_size: Annotated[str, typer.Option("--input-size", "-s", help="N or HxW.")] = "224",
     blocks: Annotated[bool, typer.Option("--blocks", help="Show every block's main path and shortcut.")] = False,
     format: Annotated[Optional[Format], typer.Option(
