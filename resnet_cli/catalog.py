@@ -56,10 +56,7 @@ def print_models_table() -> None:
     table.caption = ("ImageNet-1K accuracy (%) from torchvision. * DEFAULT weights. input: resize→crop.\n"
                      "Fetch for offline use: resnet-classify download ARCH [--weights NAME|all]")
     table.caption_justify = "left"
-    console = data_console()
-    if not console.is_terminal:
-        console.width = 160  # into a file or pipe: never truncate
-    console.print(table)
+    data_console().print(table)
 
 
 def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False) -> Iterator[str]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .registry import ArchSpec, get_arch
-from .writers import Format, dumps
+from .writers import Format, data_console, dumps
 
 if TYPE_CHECKING:  # torch is imported only once the arguments are known to be good
     from torch import nn
@@ -349,15 +349,6 @@ def _op_row(op: dict) -> list[str]:
     return [kind, "", "", "", "", _dims(op["output"]) if "output" in op else ""]
 
 
-def _console():
-    from rich.console import Console
-
-    # Into a pipe or a file, rich would squeeze tables into 80 columns and cut numbers short ("25,557,…");
-    # a wide virtual width keeps every cell whole (tables do not stretch to fill it).
-    wide = None if sys.stdout.isatty() else 200
-    return Console(highlight=False, width=wide)
-
-
 def _print_table(d: dict, console) -> None:
     from rich import box
     from rich.table import Table
@@ -429,7 +420,7 @@ def run_arch(arch: str, input_size: str, *, blocks: bool = False, fmt: Format = 
     if fmt is Format.json:
         print(dumps(d))
         return
-    console = _console()
+    console = data_console(highlight=False)
     # Rendered first and written in one go: rich, writing itself, answers a closed pipe (| head) with exit 1;
     # a plain write lets the CLI answer it the way it answers every other command.
     with console.capture() as captured:

@@ -190,27 +190,29 @@ def classify(decoded: Iterable[Prepared | object], predictor, *, arch: str, weig
     as the decoder has nothing ready (IDLE), so results never wait on a slow source; failures that no
     success precedes are emitted at once. Once `stop` is set, the batch being gathered is classified and
     emitted and the stream ends: at most one more forward pass after a Ctrl-C."""
-    pre: Preprocess = predictor.preprocess
+    def records(batch: list[Prepared]) -> list[Record]:
+        return _records(batch, predictor, arch=arch, weights=weights, labels=labels, pre=predictor.preprocess)
+
     pending: list[Prepared] = []
     n_ok = 0
     for item in decoded:
         if item is IDLE:
             if n_ok:
-                yield from _records(pending, predictor, arch=arch, weights=weights, labels=labels, pre=pre)
+                yield from records(pending)
                 pending, n_ok = [], 0
             continue
         if item.error is not None and not pending:
-            yield from _records([item], predictor, arch=arch, weights=weights, labels=labels, pre=pre)
+            yield from records([item])
         else:
             pending.append(item)
             n_ok += item.error is None
         if n_ok >= batch_size:
-            yield from _records(pending, predictor, arch=arch, weights=weights, labels=labels, pre=pre)
+            yield from records(pending)
             pending, n_ok = [], 0
         if stop is not None and stop.is_set():
             break
     if pending:
-        yield from _records(pending, predictor, arch=arch, weights=weights, labels=labels, pre=pre)
+        yield from records(pending)
 
 
 def _records(batch: list[Prepared], predictor, **kwargs) -> list[Record]:

@@ -22,6 +22,7 @@ from .errors import PROG, UsageError, WeightsUnavailable
 from .registry import ArchSpec, Preprocess, WeightsSpec, categories, get_weights, is_weights_name
 
 OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
+OFFLINE_REASON = "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)"
 
 
 def offline_from_env() -> bool:
@@ -74,7 +75,7 @@ def _progress_printer(spec: WeightsSpec, quiet: bool):
 def ensure_available(choice: "WeightsChoice", *, offline: bool) -> None:
     """Fail before any work starts when published weights are not cached and the network is off."""
     if choice.spec is not None and offline and not cached_file(choice.spec).is_file():
-        raise _unavailable(choice.spec, "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)")
+        raise _unavailable(choice.spec, OFFLINE_REASON)
 
 
 def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False) -> Path:
@@ -83,7 +84,7 @@ def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False) -> Path:
     if dest.is_file():
         return dest
     if offline:
-        raise _unavailable(spec, "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)")
+        raise _unavailable(spec, OFFLINE_REASON)
     if not quiet:
         print(f"{PROG}: downloading {spec.full_name} ({spec.file_size_mb:.1f} MB) to {dest}", file=sys.stderr)
     progress, update = _progress_printer(spec, quiet)

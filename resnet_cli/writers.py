@@ -58,8 +58,9 @@ def printable(path: str) -> str:
 
 
 def data_console(**kwargs):
-    """A rich Console for data on stdout whose closed pipe (`| head`) ends the run with exit code 141, where
-    rich's own handling would exit with 1."""
+    """A rich Console for data on stdout. Into a pipe or a file, rich would squeeze tables into 80 columns and
+    cut cells short ("25,557,…"): there it gets a wide virtual width (tables do not stretch to fill it). A
+    closed pipe (`| head`) ends the run with exit code 141, where rich's own handling would exit with 1."""
     from rich.console import Console
 
     class DataConsole(Console):
@@ -67,7 +68,10 @@ def data_console(**kwargs):
             self.quiet = True
             raise OutputClosed()
 
-    return DataConsole(**kwargs)
+    console = DataConsole(**kwargs)
+    if not console.is_terminal and "width" not in kwargs:
+        console.width = 200
+    return console
 
 
 def can_replace_atomically(path: str) -> bool:
