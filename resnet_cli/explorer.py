@@ -27,13 +27,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .registry import ArchSpec, get_arch
-from .writers import Format, data_console, dumps
 
 if TYPE_CHECKING:  # torch is imported only once the arguments are known to be good
     from torch import nn
@@ -349,7 +347,7 @@ def _op_row(op: dict) -> list[str]:
     return [kind, "", "", "", "", _dims(op["output"]) if "output" in op else ""]
 
 
-def _print_table(d: dict, console) -> None:
+def print_stages(d: dict, console) -> None:
     from rich import box
     from rich.table import Table
 
@@ -377,7 +375,7 @@ def _print_table(d: dict, console) -> None:
                   "(convolutions and the linear layer).\nstride: how much the stage divides H and W.[/]")
 
 
-def _print_units(d: dict, console) -> None:
+def print_blocks(d: dict, console) -> None:
     """The --blocks breakdown, laid out like the seed notes: per block a summary line (channels in→out, stride,
     output), then its main path op by op, its shortcut, and the merge (add, ReLU)."""
     from rich.table import Table
@@ -408,23 +406,3 @@ def _print_units(d: dict, console) -> None:
             merge = ", ".join("add shortcut" if op["op"] == "add" else op["op"] for op in u["merge"])
             table.add_row("  merge", merge, "", "", "", "", _dims(u["output"]))
         console.print(table)
-
-
-def run_arch(arch: str, input_size: str, *, blocks: bool = False, fmt: Format = Format.table) -> None:
-    """`resnet-classify arch`: print `describe(...)` as a table (stdout) or as one JSON document."""
-    if fmt not in (Format.table, Format.json):
-        raise UsageError(f"arch prints --format table or json, not {fmt.value}")
-    spec = get_arch(arch)  # argument errors first, before torch is imported
-    size = parse_input_size(input_size)
-    d = describe(spec.name, size, blocks=blocks)
-    if fmt is Format.json:
-        print(dumps(d))
-        return
-    console = data_console(highlight=False)
-    # Rendered first and written in one go: rich, writing itself, answers a closed pipe (| head) with exit 1;
-    # a plain write lets the CLI answer it the way it answers every other command.
-    with console.capture() as captured:
-        _print_table(d, console)
-        if blocks:
-            _print_units(d, console)
-    sys.stdout.write(captured.get())

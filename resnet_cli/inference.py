@@ -19,43 +19,33 @@ from .registry import Preprocess
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str, *, here: bool = True) -> torch.device:
-    """The device `name` means. `here=False` (the Ray engine: the model runs on the cluster's machines) only
-    parses it; whether this machine has such a device does not matter then."""
-    name = name.strip().lower()
+def resolve_device(name: str) -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:N, mps; spelling checked by `job.check_device`) means on this
+    machine, or a usage error naming what is missing."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    if not here:
-        return device
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+            raise UsageError(f"--device {name}: no CUDA GPU is available here (try --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError("--device mps: Apple's Metal backend is not available here")
+            raise UsageError(f"--device {name}: Apple's Metal backend is not available here (try --device cpu)")
     return device
 
 
-def check_precision(precision: str, device: torch.device, *, here: bool = True) -> torch.dtype:
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of `precision` on `device`, or a usage error when this hardware cannot run it."""
     from . import fused
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     dtype = PRECISIONS[precision]
-    if not here and device.type != "cpu":
-        return dtype  # a GPU on the cluster: its support is the cluster's to say
     if device.type == "cpu":
         if dtype == torch.float16:
             raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")
@@ -66,6 +56,20 @@ def check_precision(precision: str, device: torch.device, *, here: bool = True) 
     if device.type == "mps" and dtype == torch.bfloat16:
         raise UsageError("--precision bf16 is not supported on mps; use fp16")
     return dtype
+
+
+def load_for(job, device: torch.device | None = None, *, check_here: bool = True):
+    """(device, dtype, weights.LoadedModel) for a job: the device found on this machine (or `device`, which an
+    engine has decided), the precision checked on it (unless `check_here` is False: a cluster's GPU is not
+    this machine's), the weights loaded and the top-k checked against the model's classes."""
+    from .weights import load
+
+    device = device if device is not None else resolve_device(job.device)
+    dtype = check_precision(job.precision.value, device) if check_here else PRECISIONS[job.precision.value]
+    loaded = load(job.weights, offline=job.network.offline, labels_file=job.labels_file, quiet=job.quiet)
+    if job.topk > loaded.num_classes:
+        raise UsageError(f"--topk {job.topk} is more than the model's {loaded.num_classes} classes")
+    return device, dtype, loaded
 
 
 class Predictor:

@@ -19,17 +19,18 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .errors import DOWNLOAD_FAILED, INTERNAL_ERROR, InputError
+from .errors import INTERNAL_ERROR, InputError
 from .images import open_bytes, open_local
-from .inputs import Source
-from .net import fetch_image_bytes, is_url
 from .preprocess import resize_and_crop
+from .readers import Network
 from .records import Failure, Prediction, Record, Success
 from .registry import Preprocess
+from .resolve import Resolved
+from .sources import Source
 
 # --fast-decode lets a JPEG decode at a reduced scale while its shorter side stays at least this many times
 # the resize target, before the exact resize (see README, "Speed").
@@ -43,28 +44,14 @@ class Prepared:
     error: InputError | None = None
 
 
-def read_url(path: str) -> bytes | None:
-    """The default `read_remote`: http(s) URLs are fetched; anything else is a local path (None)."""
-    return fetch_image_bytes(path) if is_url(path) else None
-
-
-def refuse_url(path: str) -> bytes | None:
-    """`read_remote` under --offline: a URL input is a failure record, never a network request."""
-    if is_url(path):
-        raise InputError(DOWNLOAD_FAILED, "not fetched: the network is off (--offline)")
-    return None
-
-
-def prepare(source: Source, pre: Preprocess, fast_decode: bool = False,
-            read_remote: Callable[[str], bytes | None] = read_url) -> Prepared:
-    """Decode and resize one source (runs in a worker thread). Never raises for a bad input.
-    `read_remote(path)` gives the bytes of a source that is not a local file (raising InputError when it cannot),
-    or None for a local path; the Ray engine adds s3:// and gs:// to it."""
+def prepare(source: Source, pre: Preprocess, fast_decode: bool = False, network: Network = Network()) -> Prepared:
+    """Decode and resize one source (runs in a worker thread, or a Ray task). Never raises for a bad input.
+    `network.read` gives the bytes of a network input by its scheme, or None for a local file."""
     if source.error is not None:
         return Prepared(source.path, None, source.error)
     draft = FAST_DECODE_FACTOR * pre.resize if fast_decode else None
     try:
-        data = read_remote(source.path)
+        data = network.read(source.path)
         if data is not None:
             img = open_bytes(data, draft_min_side=draft)
         else:
@@ -76,9 +63,10 @@ def prepare(source: Source, pre: Preprocess, fast_decode: bool = False,
         return Prepared(source.path, None, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
 
 
-def to_records(prepared: list[Prepared], probs, indices, *, arch: str, weights: str, labels, pre: Preprocess
+def to_records(prepared: list[Prepared], probs, indices, weights: Resolved, labels: tuple[str, ...]
                ) -> list[Record]:
     """Records for a run of prepared inputs, in order; `probs`/`indices` hold one row per successful input."""
+    arch, name, pre = weights.arch.name, weights.name, weights.preprocess
     out: list[Record] = []
     row = 0
     for p in prepared:
@@ -89,7 +77,7 @@ def to_records(prepared: list[Prepared], probs, indices, *, arch: str, weights: 
             Prediction(rank=r + 1, index=int(i), label=labels[int(i)], probability=float(v))
             for r, (v, i) in enumerate(zip(probs[row].tolist(), indices[row].tolist()))
         )
-        out.append(Success(p.path, arch, weights, pre.resize, pre.crop, topk))
+        out.append(Success(p.path, arch, name, pre.resize, pre.crop, topk))
         row += 1
     return out
 
@@ -129,19 +117,18 @@ class Decoder:
 
     def __init__(self, sources: Iterable[Source], pre: Preprocess, *, workers: int | None = None,
                  window: int | None = None, fast_decode: bool = False, stop: threading.Event | None = None,
-                 offline: bool = False, idle_s: float = 0.25) -> None:
+                 network: Network = Network(), idle_s: float = 0.25) -> None:
         self.workers = workers or default_workers()
         self._window = threading.Semaphore(window or default_window(8, self.workers))
         self._futures: queue.Queue = queue.Queue()
         self._stop = stop or threading.Event()  # shared with the signal handler
         self._idle_s = idle_s
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
-        read_remote = refuse_url if offline else read_url
-        self._feeder = threading.Thread(target=self._feed, args=(iter(sources), pre, fast_decode, read_remote),
+        self._feeder = threading.Thread(target=self._feed, args=(iter(sources), pre, fast_decode, network),
                                         name="decode-feeder", daemon=True)
         self._feeder.start()
 
-    def _feed(self, sources, pre: Preprocess, fast_decode: bool, read_remote) -> None:
+    def _feed(self, sources, pre: Preprocess, fast_decode: bool, network: Network) -> None:
         try:
             for src in sources:
                 while not self._window.acquire(timeout=0.1):
@@ -149,7 +136,7 @@ class Decoder:
                         return
                 if self._stop.is_set():
                     return
-                self._futures.put(self._pool.submit(prepare, src, pre, fast_decode, read_remote))
+                self._futures.put(self._pool.submit(prepare, src, pre, fast_decode, network))
         except BaseException as exc:  # listing failed in a way no record covers: re-raised in the consumer
             self._futures.put(exc)
         finally:
@@ -184,14 +171,18 @@ class Decoder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def classify(decoded: Iterable[Prepared | object], predictor, *, arch: str, weights: str, labels,
+def classify(decoded: Iterable[Prepared | object], predictor, *, weights: Resolved, labels: tuple[str, ...],
              batch_size: int = 8, stop: threading.Event | None = None) -> Iterator[Record]:
     """One record per decoded input, in order, streamed: a batch is classified when it is full, or as soon
     as the decoder has nothing ready (IDLE), so results never wait on a slow source; failures that no
     success precedes are emitted at once. Once `stop` is set, the batch being gathered is classified and
     emitted and the stream ends: at most one more forward pass after a Ctrl-C."""
     def records(batch: list[Prepared]) -> list[Record]:
-        return _records(batch, predictor, arch=arch, weights=weights, labels=labels, pre=predictor.preprocess)
+        if any(p.error is None for p in batch):
+            probs, indices = predictor(stack(batch, weights.preprocess.crop))
+        else:
+            probs = indices = None
+        return to_records(batch, probs, indices, weights, labels)
 
     pending: list[Prepared] = []
     n_ok = 0
@@ -213,11 +204,3 @@ def classify(decoded: Iterable[Prepared | object], predictor, *, arch: str, weig
             break
     if pending:
         yield from records(pending)
-
-
-def _records(batch: list[Prepared], predictor, **kwargs) -> list[Record]:
-    if any(p.error is None for p in batch):
-        probs, indices = predictor(stack(batch, kwargs["pre"].crop))
-    else:
-        probs = indices = None
-    return to_records(batch, probs, indices, **kwargs)

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import net
+from .console import progress_bar
 from .errors import PROG, UsageError, WeightsUnavailable
-from .registry import ArchSpec, Preprocess, WeightsSpec, categories, get_weights, is_weights_name
+from .registry import ArchSpec, Preprocess, WeightsSpec, categories
+from .resolve import Resolved
 
 OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
 OFFLINE_REASON = "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)"
@@ -43,61 +45,46 @@ def cached_file(spec: WeightsSpec) -> Path:
     return checkpoints_dir() / spec.file_name
 
 
-def _unavailable(spec: WeightsSpec, why: str) -> WeightsUnavailable:
+def _unavailable(spec: WeightsSpec, why: str, checkpoint_hint: bool = True) -> WeightsUnavailable:
     dest = cached_file(spec)
+    hint = "\n  or classify with a local checkpoint: --weights PATH (.pth, .pt or .safetensors)" if checkpoint_hint else ""
     return WeightsUnavailable(
         f"weights {spec.full_name} are not in the cache and {why}.\n"
         f"  file:  {spec.file_name} ({spec.file_size_mb:.1f} MB, sha256 {spec.sha256_prefix}...)\n"
         f"  cache: {dest.parent}\n"
         f"  fetch by hand on a machine with network, then copy it into the cache:\n"
-        f"    curl -L -o {dest} {spec.url}\n"
-        f"  or classify with a local checkpoint: --weights PATH (.pth, .pt or .safetensors)"
+        f"    curl -L -o {dest} {spec.url}{hint}"
     )
 
 
-def _progress_printer(spec: WeightsSpec, quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return None, None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        f"[bold]{spec.file_name}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        transient=True,
-    )
-    task = progress.add_task("download", total=None)
-
-    def update(done: int, total: int | None) -> None:
-        progress.update(task, completed=done, total=total)
-
-    return progress, update
-
-
-def ensure_available(choice: "WeightsChoice", *, offline: bool) -> None:
+def ensure_available(weights: Resolved, *, offline: bool) -> None:
     """Fail before any work starts when published weights are not cached and the network is off."""
-    if choice.spec is not None and offline and not cached_file(choice.spec).is_file():
-        raise _unavailable(choice.spec, OFFLINE_REASON)
+    if weights.spec is not None and offline and not cached_file(weights.spec).is_file():
+        raise _unavailable(weights.spec, OFFLINE_REASON)
 
 
-def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False) -> Path:
-    """The cached checkpoint of published weights, downloading it first unless `offline`."""
+def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False, checkpoint_hint: bool = True) -> Path:
+    """The cached checkpoint of published weights, downloading it first unless `offline`. `checkpoint_hint`:
+    whether a failure suggests `--weights PATH` (advice for classifying, not for `download`)."""
     dest = cached_file(spec)
     if dest.is_file():
         return dest
     if offline:
-        raise _unavailable(spec, OFFLINE_REASON)
+        raise _unavailable(spec, OFFLINE_REASON, checkpoint_hint)
     if not quiet:
         print(f"{PROG}: downloading {spec.full_name} ({spec.file_size_mb:.1f} MB) to {dest}", file=sys.stderr)
-    progress, update = _progress_printer(spec, quiet)
     try:
-        if progress is not None:
-            with progress:
-                net.download(spec.url, dest, sha256_prefix=spec.sha256_prefix, progress=update)
-        else:
+        if quiet or not sys.stderr.isatty():
             net.download(spec.url, dest, sha256_prefix=spec.sha256_prefix)
+        else:
+            with progress_bar(sys.stderr, unit="bytes") as progress:
+                task = progress.add_task(spec.file_name, total=None)
+                net.download(spec.url, dest, sha256_prefix=spec.sha256_prefix,
+                             progress=lambda done, total: progress.update(task, completed=done, total=total))
     except net.NetworkError as exc:
-        raise _unavailable(spec, f"downloading it failed: {exc}") from None
+        raise _unavailable(spec, f"downloading it failed: {exc}", checkpoint_hint) from None
     except OSError as exc:
-        raise _unavailable(spec, f"it cannot be written there: {exc}") from None
+        raise _unavailable(spec, f"it cannot be written there: {exc}", checkpoint_hint) from None
     return dest
 
 
@@ -190,9 +177,7 @@ def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    arch: ArchSpec
-    weights: str  # the published name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
-    preprocess: Preprocess
+    weights: Resolved  # which weights, under what name, with what preprocessing
     labels: tuple[str, ...]
     module: object  # model.ResNet, in eval mode, on the CPU
 
@@ -201,61 +186,14 @@ class LoadedModel:
         return len(self.labels)
 
 
-def resolve_spec(arch: ArchSpec, weights: str) -> WeightsSpec | None:
-    """The published weights `weights` names, or None when it names a checkpoint file (an existing file always
-    wins: a checkpoint may be called DEFAULT)."""
-    if is_weights_name(weights) and not os.path.exists(weights):
-        return get_weights(arch, weights)
-    return None
-
-
-def override_preprocess(pre: Preprocess, resize: int | None, crop: int | None) -> Preprocess:
-    """`--resize`/`--crop`: the one not given keeps the weights' crop-to-resize ratio (224/256 for V1 weights),
-    so `--crop 320` alone classifies at 320 with the framing the weights were evaluated with."""
-    from dataclasses import replace
-
-    for name, value in (("--resize", resize), ("--crop", crop)):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1 (got {value})")
-    if resize is None and crop is None:
-        return pre
-    if resize is None:
-        resize = max(1, round(crop * pre.resize / pre.crop))
-    if crop is None:
-        crop = max(1, round(resize * pre.crop / pre.resize))
-    return replace(pre, resize=resize, crop=crop)
-
-
-@dataclass(frozen=True)
-class WeightsChoice:
-    """What a run will use, decided without torch or I/O: so decoding can start while torch imports."""
-
-    arch: ArchSpec
-    spec: WeightsSpec | None  # published weights, or None for a checkpoint file
-    name: str  # the published name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
-    preprocess: Preprocess
-
-
-def choose(arch: ArchSpec, weights: str = "DEFAULT", *, resize: int | None = None, crop: int | None = None
-           ) -> WeightsChoice:
-    """Published weights bring their own preprocessing; a checkpoint file uses the architecture's DEFAULT's;
-    `resize`/`crop` override either."""
-    spec = resolve_spec(arch, weights)
-    if spec is not None:
-        name, preprocess = spec.full_name, spec.preprocess
-    else:
-        name, preprocess = weights, arch.default_weights.preprocess
-    return WeightsChoice(arch, spec, name, override_preprocess(preprocess, resize, crop))
-
-
-def load(choice: WeightsChoice, *, offline: bool = False, labels_file: str | None = None,
+def load(weights: Resolved, *, offline: bool = False, labels_file: str | None = None,
          quiet: bool = False) -> LoadedModel:
-    """Everything a run needs to classify: the model with its weights, its preprocessing and its labels."""
-    if choice.spec is not None:
-        state = read_state_dict(fetch(choice.spec, offline=offline, quiet=quiet))
+    """Everything a run needs to classify: the model with its weights and its labels."""
+    if weights.spec is not None:
+        state = read_state_dict(fetch(weights.spec, offline=offline, quiet=quiet))
     else:
-        state = read_state_dict(choice.name)
-    module = build_model(choice.arch, state, choice.name)
+        state = read_state_dict(weights.name)
+    module = build_model(weights.arch, state, weights.name)
     num_classes = module.fc.out_features
     if labels_file:
         labels = read_labels(labels_file, num_classes)
@@ -263,4 +201,4 @@ def load(choice: WeightsChoice, *, offline: bool = False, labels_file: str | Non
         labels = categories()
     else:
         labels = tuple(f"class_{i}" for i in range(num_classes))
-    return LoadedModel(choice.arch, choice.name, choice.preprocess, labels, module)
+    return LoadedModel(weights, labels, module)

@@ -1,4 +1,4 @@
-"""Output formats, atomic files and --resume.
+"""Output formats and atomic files.
 
 - jsonl: one record a line, written and flushed as each record is ready. To a file it is written in place,
   so a crash loses nothing finished; `--resume` repairs a torn last line.
@@ -20,14 +20,13 @@ import enum
 import io
 import json
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from .errors import OutputClosed, UsageError
-from .records import Failure, Record, Success, from_dict
+from .console import LONE_SURROGATE, data_console, printable
+from .records import Failure, Record
 
 
 class Format(str, enum.Enum):
@@ -40,38 +39,10 @@ class Format(str, enum.Enum):
 CSV_COLUMNS = ["path", "arch", "weights", "resize", "crop", "rank", "index", "label", "probability",
                "error_type", "error_message"]
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def dumps(obj) -> str:
     """Compact JSON, UTF-8 friendly (no \\u escapes for ordinary non-ASCII), lone surrogates escaped."""
     text = json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
-    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def printable(path: str) -> str:
-    """A path for a one-line human message: undecodable bytes as \\xNN, control characters escaped."""
-    raw = os.fsencode(path) if _LONE_SURROGATE.search(path) else None
-    if raw is not None:
-        path = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
-
-
-def data_console(**kwargs):
-    """A rich Console for data on stdout. Into a pipe or a file, rich would squeeze tables into 80 columns and
-    cut cells short ("25,557,…"): there it gets a wide virtual width (tables do not stretch to fill it). A
-    closed pipe (`| head`) ends the run with exit code 141, where rich's own handling would exit with 1."""
-    from rich.console import Console
-
-    class DataConsole(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise OutputClosed()
-
-    console = DataConsole(**kwargs)
-    if not console.is_terminal and "width" not in kwargs:
-        console.width = 200
-    return console
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def can_replace_atomically(path: str) -> bool:
@@ -229,64 +200,6 @@ def format_for_output(path: str | None, stdout_is_tty: bool) -> Format:
     return Format.table if stdout_is_tty else Format.jsonl
 
 
-# ---- --resume ---------------------------------------------------------------------------------------------
-
-def read_records(path: str, fmt: Format) -> list[Record]:
-    """The records an earlier run left in `path`. A torn last JSON line (a hard kill mid-write) is dropped."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise UsageError(f"--resume: cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        if fmt is Format.jsonl:
-            out = []
-            lines = data.split(b"\n")
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(from_dict(json.loads(line.decode("utf-8"))))
-                except (ValueError, KeyError, TypeError):
-                    if number == len(lines):
-                        continue  # the torn last line of a killed run: that input is classified again
-                    raise UsageError(f"--resume: line {number} of {path} is not a record of this tool; the file "
-                                     "is left as it is (is it the right file?)") from None
-            return out
-        if fmt is Format.json:
-            return [from_dict(d) for d in json.loads(data.decode("utf-8"))] if data.strip() else []
-        if fmt is Format.csv:
-            return _read_csv(data.decode("utf-8", "surrogateescape"))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--resume: {path} is not a {fmt.value} file this tool wrote ({exc})") from None
-    raise UsageError(f"--resume works with --format jsonl, json or csv, not {fmt.value}")
-
-
-def _read_csv(text: str) -> list[Record]:
-    from .records import Prediction
-
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    out: list[Record] = []
-    by_path: dict[str, list[dict]] = {}
-    order: list[str] = []
-    for r in rows:
-        if r["path"] not in by_path:
-            order.append(r["path"])
-            by_path[r["path"]] = []
-        by_path[r["path"]].append(r)
-    for path in order:
-        group = by_path[path]
-        first = group[0]
-        if first["error_type"]:
-            out.append(Failure(path, first["error_type"], first["error_message"]))
-            continue
-        topk = tuple(Prediction(int(r["rank"]), int(r["index"]), r["label"], float(r["probability"])) for r in group)
-        out.append(Success(path, first["arch"], first["weights"], int(first["resize"]), int(first["crop"]), topk))
-    return out
-
-
 def open_writer(fmt: Format, output: str | None, *, previous: Iterable[Record] = (), stdout: BinaryIO,
                 color: bool | None = None) -> Writer:
     """The writer for a run. With `previous` (--resume), the output starts with those records."""
@@ -316,18 +229,3 @@ def open_writer(fmt: Format, output: str | None, *, previous: Iterable[Record] =
     for r in previous:
         writer.write(r)
     return writer
-
-
-def check_resumable(previous: Iterable[Success], arch: str, weights: str, pre, topk: int) -> None:
-    """Results of another model, preprocessing or top-k must not be mixed into one file."""
-    for r in previous:
-        if (r.arch, r.weights) != (arch, weights):
-            raise UsageError(
-                f"--resume: the file holds results of {r.arch} with {r.weights}; this run uses {arch} with "
-                f"{weights}. Resume with the same --arch and --weights, or write to another file."
-            )
-        if (r.resize, r.crop) != (pre.resize, pre.crop) or len(r.topk) != topk:
-            raise UsageError(
-                f"--resume: the file holds results at resize {r.resize}, crop {r.crop}, top-{len(r.topk)}; this "
-                f"run uses resize {pre.resize}, crop {pre.crop}, top-{topk}. Resume with the same options."
-            )

@@ -8,7 +8,7 @@ import torchvision
 from PIL import Image
 
 from checkpoints import PHOTOS
-from resnet_cli import registry
+from resnet_cli import registry, resolve
 from resnet_cli.preprocess import MAX_RESIZED_PIXELS, normalize, resize_and_crop
 
 V1 = ("resnet50", "IMAGENET1K_V1", torchvision.models.ResNet50_Weights.IMAGENET1K_V1)  # resize 256
@@ -23,7 +23,7 @@ def ours(img: Image.Image, pre: registry.Preprocess) -> torch.Tensor:
 
 
 def spec(arch: str, name: str) -> registry.Preprocess:
-    return registry.get_weights(registry.get_arch(arch), name).preprocess
+    return resolve.published(registry.get_arch(arch), name).preprocess
 
 
 @pytest.mark.parametrize("weights", [V1, V2], ids=["V1", "V2"])

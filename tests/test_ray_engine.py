@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_cli.runner import ClassifyOptions, run_classify
+from resnet_cli.commands.classify import run
+from resnet_cli.job import make_job
 from resnet_cli.writers import Format
 
 pytestmark = pytest.mark.ray
@@ -48,11 +49,15 @@ def folder(tmp_path_factory) -> Path:
 
 
 def classify(inputs: list[str], **options) -> tuple[int, list[dict], str]:
+    """The classify command's job in this process (so that the local engine's threads can be pinned)."""
     out, err = io.BytesIO(), io.StringIO()
-    code = run_classify(ClassifyOptions(inputs=inputs, **options), stdout=out, stderr=err)
+    code = run(make_job(inputs, **options), Format.jsonl, None, stdout=out, stderr=err)
     return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
 
 
+# thread method: a SIGALRM cannot interrupt a blocking ray.get (the timeout would only land once it returns);
+# the thread method ends the whole pytest run, which is what a hung Ray must do in CI
+@pytest.mark.timeout(300, method="thread")
 def test_ray_engine_records_equal_local_engine(folder, resnet18_seed0, capfd):
     import ray
     import torch
@@ -61,7 +66,7 @@ def test_ray_engine_records_equal_local_engine(folder, resnet18_seed0, capfd):
     # this into several blocks and batches, and the records must still come back in input order.
     again = ["notes.jpg", *PHOTOS[::-1], "broken.jpg", "missing.jpg", *PHOTOS[:2]]
     inputs = [str(folder), *(str(folder / n) for n in again)]
-    opts = dict(arch="resnet18", weights=resnet18_seed0, topk=5, format=Format.jsonl, batch_size=2, workers=2)
+    opts = dict(arch="resnet18", weights=resnet18_seed0, topk=5, batch_size=2, workers=2)
     # Each Ray CPU actor runs torch on one thread (one per CPU it holds) and pads short batches to the batch
     # size. Pinned to one thread, the local engine runs the same shapes the same way, so the records are
     # equal to the last bit by construction, whatever CPU and core count runs the test.
@@ -100,21 +105,31 @@ def test_ray_engine_without_ray_is_usage_error(monkeypatch, capsys, folder, resn
 
 
 def test_remote_uris_are_listed_and_read_through_pyarrow(monkeypatch, folder):
-    """s3:// and gs:// go through pyarrow's file systems; file:// takes the same path offline."""
-    from resnet_cli import ray_engine
-    from resnet_cli.registry import get_arch
+    """s3:// and gs:// are listed and read through pyarrow's file systems, by both engines' one source layer;
+    here the bucket is a local folder behind pyarrow's LocalFileSystem."""
+    from pyarrow import fs as pafs
 
-    monkeypatch.setattr(ray_engine, "REMOTE_SCHEMES", (*ray_engine.REMOTE_SCHEMES, "file://"))
-    uri = f"file://{folder}"
-    sources = list(ray_engine.list_sources([uri, uri + "/nope.jpg"], recursive=False, null_separated=False,
-                                           skip=set()))
+    from resnet_cli import cloud
+    from resnet_cli.pipeline import prepare
+    from resnet_cli.readers import Network
+    from resnet_cli.registry import get_arch
+    from resnet_cli.sources import Source, expand
+
+    def local_bucket(uri):
+        return pafs.LocalFileSystem(), str(folder) + uri.split("://", 1)[1][len("bucket"):]
+
+    monkeypatch.setattr(cloud, "filesystem", local_bucket)
+    uri = "s3://bucket"
+    sources = list(expand([uri, uri + "/nope.jpg"]))
     assert [s.path for s in sources[:-1]] == [f"{uri}/{n}" for n in sorted(os.listdir(folder))]
     assert sources[-1].error.kind == "not_found"
-    from resnet_cli.pipeline import prepare
-
     pre = get_arch("resnet18").default_weights.preprocess
-    ok = prepare(sources[0], pre, read_remote=ray_engine.read_object)
+    ok = prepare(sources[0], pre)
     assert ok.error is None and len(ok.pixels) == pre.crop * pre.crop * 3
-    assert prepare(sources[1], pre, read_remote=ray_engine.read_object).error.kind == "truncated"
-    gone = ray_engine.Source(uri + "/gone.jpg")
-    assert prepare(gone, pre, read_remote=ray_engine.read_object).error.kind == "not_found"
+    assert prepare(sources[1], pre).error.kind == "truncated"
+    assert prepare(Source(uri + "/gone.jpg"), pre).error.kind == "not_found"
+    # --offline: neither listed nor read, one failure record naming the reason
+    offline = Network(offline=True)
+    [refused] = list(expand([uri], network=offline))
+    assert refused.error.kind == "download_failed" and "--offline" in refused.error.message
+    assert prepare(Source(uri + "/chelsea.png"), pre, network=offline).error.kind == "download_failed"

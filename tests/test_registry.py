@@ -9,7 +9,7 @@ import torchvision
 from torchvision.models import get_model_weights
 from torchvision.transforms import InterpolationMode
 
-from resnet_cli import registry
+from resnet_cli import registry, resolve
 from resnet_cli.errors import UsageError
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
@@ -60,19 +60,19 @@ def test_categories_are_the_1000_imagenet_names():
     ("ResNet50_Weights.DEFAULT", "IMAGENET1K_V2"),
 ])
 def test_weight_names_resolve_as_torchvision_resolves_them(name, expected):
-    assert registry.get_weights(registry.get_arch("resnet50"), name).name == expected
+    assert resolve.published(registry.get_arch("resnet50"), name).name == expected
     if "." in name:
         assert torchvision.models.ResNet50_Weights[name.split(".")[1]].name == expected
 
 
 def test_weights_of_another_architecture_are_refused_with_the_right_arch_named():
     with pytest.raises(UsageError, match="use --arch resnet18"):
-        registry.get_weights(registry.get_arch("resnet50"), "ResNet18_Weights.IMAGENET1K_V1")
+        resolve.resolve("resnet50", "ResNet18_Weights.IMAGENET1K_V1")
 
 
 def test_a_weight_resnet18_does_not_publish_is_refused_with_what_it_has():
     with pytest.raises(UsageError, match="IMAGENET1K_V1"):
-        registry.get_weights(registry.get_arch("resnet18"), "IMAGENET1K_V2")
+        resolve.resolve("resnet18", "IMAGENET1K_V2")
 
 
 def test_unknown_architecture_suggests_the_closest():
@@ -83,5 +83,5 @@ def test_unknown_architecture_suggests_the_closest():
 
 
 def test_the_weights_name_alone_picks_the_architecture():
-    assert registry.arch_of_weights_name("Wide_ResNet101_2_Weights.IMAGENET1K_V2") == "wide_resnet101_2"
-    assert registry.arch_of_weights_name("IMAGENET1K_V2") is None
+    assert resolve.resolve(None, "Wide_ResNet101_2_Weights.IMAGENET1K_V2").arch.name == "wide_resnet101_2"
+    assert resolve.resolve(None, "IMAGENET1K_V2").arch.name == "resnet50"  # a bare name: the default arch

@@ -1,7 +1,9 @@
-"""Turning command-line inputs into an ordered, lazy stream of sources.
+"""Turning command-line inputs into an ordered stream of sources, listed once.
 
 An input is a file (any extension), a folder (its image files; `recursive` descends), a quoted glob, an
-http(s) URL, or `-` for paths read from stdin (one a line, or NUL-separated with `null_separated`).
+http(s) URL, an `s3://` or `gs://` object or prefix (listed like a folder, through `cloud`), or `-` for paths
+read from stdin (one a line, or NUL-separated with `null_separated`). With `--offline` a network input is
+not listed: it becomes one source that fails without a request (`readers.Network`).
 Order: inputs in the order given; a folder's entries sorted by name, depth-first (a subfolder's files come
 where the subfolder's name sorts). Symlinks to folders are followed, each folder scanned once per argument,
 so a link loop ends. Inputs that cannot be listed become sources that carry their error, so every input still gets
@@ -12,14 +14,17 @@ from __future__ import annotations
 
 import glob
 import os
+import queue
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from . import cloud
 from . import errors as E
 from .errors import InputError
-from .net import is_url
+from .readers import CLOUD, HTTP, Network, scheme
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
@@ -66,10 +71,16 @@ def _scan(folder: str, recursive: bool, seen: set[tuple[int, int]]) -> Iterator[
             yield Source(path)
 
 
-def _expand_one(arg: str, recursive: bool, allow_glob: bool) -> Iterator[Source]:
+def _expand_one(arg: str, recursive: bool, allow_glob: bool, network: Network) -> Iterator[Source]:
     seen: set[tuple[int, int]] = set()  # per argument: a folder named twice on the command line is listed twice
-    if is_url(arg):
+    kind = scheme(arg)
+    if kind != "local" and not network.allows(arg):
+        yield Source(arg, network.refusal())
+    elif kind == HTTP:
         yield Source(arg)
+    elif kind == CLOUD:
+        for path, error in cloud.list_uri(arg, recursive, is_image_name):
+            yield Source(path, error)
     elif os.path.isdir(arg):
         yield from _scan(arg, recursive, seen)
     elif allow_glob and _GLOB_CHARS & set(arg) and not os.path.lexists(arg):
@@ -109,11 +120,69 @@ def read_paths(stream: BinaryIO, null_separated: bool = False) -> Iterator[str]:
 
 
 def expand(args: Iterable[str], *, recursive: bool = False, null_separated: bool = False,
-           stdin: BinaryIO | None = None) -> Iterator[Source]:
+           network: Network = Network(), stdin: BinaryIO | None = None) -> Iterator[Source]:
     """Every source the arguments name, in order, lazily (a folder is listed when the stream reaches it)."""
     for arg in args:
         if arg == "-":
             for line in read_paths(stdin if stdin is not None else sys.stdin.buffer, null_separated):
-                yield from _expand_one(line, recursive, allow_glob=False)
+                yield from _expand_one(line, recursive, False, network)
         else:
-            yield from _expand_one(arg, recursive, allow_glob=True)
+            yield from _expand_one(arg, recursive, True, network)
+
+
+_END = object()
+
+
+class Listing:
+    """The sources of a run, listed once, in a thread of their own that runs ahead of whoever consumes them
+    (the decoder, or the Ray driver). `total` is the number of sources once listing is complete (None before,
+    and for stdin until it ends), for the progress bar: nothing is listed twice. Sources in `skip` (the paths
+    `--resume` keeps) are left out. Held in memory are only the sources listed and not yet consumed: a path
+    each, as a folder's sorted listing already is.
+
+    Iterating yields the sources in order; an error listing raised no record for is raised in the consumer."""
+
+    def __init__(self, args: Iterable[str], *, recursive: bool = False, null_separated: bool = False,
+                 network: Network = Network(), skip: frozenset[str] | set[str] = frozenset(),
+                 stdin: BinaryIO | None = None) -> None:
+        self._sources = expand(args, recursive=recursive, null_separated=null_separated, network=network,
+                               stdin=stdin)
+        self.skip = skip  # may be set until listing starts
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._started = False
+        self._lock = threading.Lock()
+        self.listed = 0
+        self.total: int | None = None
+
+    def start(self) -> "Listing":
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._list, name="list-inputs", daemon=True).start()
+        return self
+
+    def _list(self) -> None:
+        try:
+            for src in self._sources:
+                if self._closed.is_set():
+                    return
+                if src.path not in self.skip:
+                    self.listed += 1
+                    self._queue.put(src)
+            self.total = self.listed
+        except BaseException as exc:  # re-raised in the consumer
+            self._queue.put(exc)
+        finally:
+            self._queue.put(_END)
+
+    def __iter__(self) -> Iterator[Source]:
+        self.start()
+        while (item := self._queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop listing (a stopped run): the thread ends at its next source."""
+        self._closed.set()

@@ -1,12 +1,56 @@
-"""The `models` and `download` commands: what can be run, how good it is, whether it is on disk."""
+"""`resnet-classify models` and `download`: what can be run, how good it is, whether it is on disk, and
+fetching it for offline use."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
+from typing import Annotated, Optional
 
-from .errors import UsageError
-from .registry import WeightsSpec, architectures, get_arch, get_weights
-from .weights import cached_file, fetch, offline_from_env
+import typer
+
+from ..console import isatty, print_data
+from ..errors import UsageError
+from ..options import QuietOpt
+from ..registry import WeightsSpec, architectures, get_arch
+from ..resolve import published
+from ..weights import cached_file, fetch, offline_from_env
+from ..writers import dumps
+
+
+class ModelsFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+
+
+def models_command(
+    format: Annotated[Optional[ModelsFormat], typer.Option(
+        "--format", "-f", case_sensitive=False, show_default=False,
+        help="Default: a table on a terminal, else json.")] = None,
+) -> None:
+    """List the architectures and their published weights: accuracy, size, preprocessing, cached or not."""
+    import sys
+
+    fmt = format or (ModelsFormat.table if isatty(sys.stdout) else ModelsFormat.json)
+    if fmt is ModelsFormat.table:
+        print_data(print_models_table)
+    elif fmt is ModelsFormat.json:
+        typer.echo(dumps(models_json()))
+    else:
+        for entry in models_json():
+            typer.echo(dumps(entry))
+
+
+def download_command(
+    arch: Annotated[str, typer.Argument(metavar="ARCH", help="Architecture, or 'all'.", show_default=False)],
+    weights: Annotated[str, typer.Option("--weights", "-w", metavar="WEIGHTS",
+                                         help="Which weights: DEFAULT, a name, or 'all'.")] = "DEFAULT",
+    quiet: QuietOpt = False,
+) -> None:
+    """Fetch published weights into torch's hub cache, for offline use later."""
+    for line in download_weights(arch, weights, quiet=quiet):
+        typer.echo(line)
 
 
 def _weights_json(spec: WeightsSpec) -> dict:
@@ -32,11 +76,9 @@ def models_json() -> list[dict]:
     ]
 
 
-def print_models_table() -> None:
+def print_models_table(console) -> None:
     from rich import box
     from rich.table import Table
-
-    from .writers import data_console
 
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, show_edge=False)
     # Parameter counts are in --format json; MB tells the same story in fewer columns.
@@ -56,7 +98,7 @@ def print_models_table() -> None:
     table.caption = ("ImageNet-1K accuracy (%) from torchvision. * DEFAULT weights. input: resize→crop.\n"
                      "Fetch for offline use: resnet-classify download ARCH [--weights NAME|all]")
     table.caption_justify = "left"
-    data_console().print(table)
+    console.print(table)
 
 
 def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False) -> Iterator[str]:
@@ -65,8 +107,8 @@ def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False
         raise UsageError("download: the network is off (RESNET_CLASSIFY_OFFLINE is set)")
     archs = list(architectures().values()) if arch.lower() == "all" else [get_arch(arch)]
     for a in archs:
-        specs = list(a.weights.values()) if weights.lower() == "all" else [get_weights(a, weights)]
+        specs = list(a.weights.values()) if weights.lower() == "all" else [published(a, weights)]
         for spec in specs:
             was_cached = cached_file(spec).is_file()
-            path = fetch(spec, offline=False, quiet=quiet)
+            path = fetch(spec, offline=False, quiet=quiet, checkpoint_hint=False)
             yield f"{spec.full_name}\t{path}\t{'already cached' if was_cached else 'downloaded'}"

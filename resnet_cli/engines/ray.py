@@ -1,13 +1,15 @@
 """The Ray engine: the local engine's job on a Ray cluster, in Ray Data's batch-inference pattern.
 
     inputs listed on the driver --> ray.data.from_items --> map_batches(decode) --> map_batches(model, actors)
-        --> rows back on the driver --> records in input order --> runner.emit
+        --> rows back on the driver --> records in input order
 
-Nothing here is a second implementation: decoding is `pipeline.prepare`, batching `pipeline.stack`, the model
-`inference.Predictor` over `weights.build_model`, records come from `pipeline.to_records`, and `runner.emit`
+Nothing here is a second implementation: listing is `job.inputs` (sources.py), reading by scheme and the
+offline policy `readers.Network`, decoding `pipeline.prepare`, batching `pipeline.stack`, the model
+`inference.Predictor` over `weights.build_model`, and records come from `pipeline.to_records`; the command
 writes them, so formats, per-file stderr lines and exit codes are the local engine's.
 
-- Inputs are listed on the driver (folders, globs, stdin, URLs: the local engine's rules), each with its index
+- Inputs are listed on the driver (folders, globs, stdin, URLs, s3:// and gs://: the local engine's rules,
+  by the same code), each with its index
   in the output. An input that failed before decoding keeps its error and travels through like the others, so
   every input comes back as exactly one row.
 - The model runs in an actor pool. The driver loads the weights once and puts the state dict in the object
@@ -26,8 +28,8 @@ writes them, so formats, per-file stderr lines and exit codes are the local engi
   in order whatever Ray does, without waiting for the end.
 - SIGINT/SIGTERM stop the run at once: what is written is a prefix of the input (for --resume); rows still on
   the cluster are dropped, as the local engine drops inputs it has not started.
-- Remote URIs (`s3://`, `gs://`, `gcs://`) are read with pyarrow's file systems, the ones Ray Data uses; a URI
-  naming a prefix is listed like a folder (sorted by name; `--recursive` descends).
+- `--device auto` is the cluster's to decide (GPU actors when it has GPUs), and so is `--precision fp16`:
+  the driver's own hardware does not matter.
 """
 
 from __future__ import annotations
@@ -39,95 +41,25 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator
 
-from . import errors as E
-from .errors import ExitCode, InputError, UsageError
-from .inputs import Source, expand, is_image_name
-from .net import MAX_URL_BYTES
-from .pipeline import Prepared, prepare, read_url, stack, to_records
-from .records import Failure, Record
+from .. import errors as E
+from ..errors import InputError, UsageError
+from ..job import RAY_HINT, Job, default_batch_size
+from ..pipeline import Prepared, default_workers, prepare, stack, to_records
+from ..records import Failure, Record
+from ..sources import Source
 
-INSTALL_HINT = "--engine ray needs Ray: pip install 'resnet-classify[ray]'"
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 # from_items cuts the input list into at most this many blocks: enough for every CPU of a large cluster to
 # get work, few enough that the driver's bookkeeping per block stays small for millions of inputs.
 MAX_BLOCKS = 2000
 STOP_WAIT_S = 30.0  # after a stop, how long to wait for Ray's batch in flight before shutting Ray down
 
 
-def is_remote(path: str) -> bool:
-    return path.startswith(REMOTE_SCHEMES)
-
-
-# ---- listing (driver) ----
-
-def remote_sources(uri: str, recursive: bool) -> Iterator[Source]:
-    """A remote object, or the image objects under a prefix, sorted like a local folder's files."""
-    from pyarrow import fs as pafs
-
-    try:
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(path)
-        if info.type == pafs.FileType.File:
-            yield Source(uri)
-            return
-        if info.type == pafs.FileType.NotFound:
-            yield Source(uri, InputError(E.NOT_FOUND, "no such object or prefix"))
-            return
-        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
-    except Exception as exc:  # credentials, network, an unknown bucket: one failure record, not a crash
-        yield Source(uri, InputError(E.UNREADABLE_FOLDER, f"cannot list: {_oneline(exc)}"))
-        return
-    base = path.rstrip("/")
-    found = []
-    for item in infos:
-        rel = item.path[len(base):].lstrip("/")
-        if item.type == pafs.FileType.File and is_image_name(rel):
-            found.append(rel.split("/"))
-    # Sorting the path components puts a sub-prefix's objects where its name sorts, depth-first, as
-    # inputs.expand orders a local folder.
-    for parts in sorted(found):
-        yield Source(uri.rstrip("/") + "/" + "/".join(parts))
-
-
-def list_sources(inputs: Iterable[str], *, recursive: bool, null_separated: bool, skip: set[str]
-                 ) -> Iterator[Source]:
-    """runner._sources, with remote URIs listed through pyarrow instead of the local file system."""
-    for arg in inputs:
-        found = remote_sources(arg, recursive) if is_remote(arg) else expand(
-            [arg], recursive=recursive, null_separated=null_separated)
-        for src in found:
-            if src.path not in skip:
-                yield src
-
-
-# ---- decoding (Ray tasks) ----
-
 def _oneline(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
-def read_object(path: str) -> bytes | None:
-    """pipeline.prepare's `read_remote` on the cluster: s3:// and gs:// objects through pyarrow, http(s) URLs
-    as the local engine fetches them, None for a local path. Objects have the URLs' size limit."""
-    if not is_remote(path):
-        return read_url(path)
-    from pyarrow import fs as pafs
-
-    try:
-        filesystem, key = pafs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(key) as f:
-            data = f.read(MAX_URL_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(E.NOT_FOUND, "no such object") from None
-    except PermissionError:
-        raise InputError(E.PERMISSION_DENIED, "permission denied") from None
-    except Exception as exc:
-        raise InputError(E.DOWNLOAD_FAILED, f"cannot read: {_oneline(exc)}") from None
-    if len(data) > MAX_URL_BYTES:
-        raise InputError(E.TOO_LARGE, f"larger than {MAX_URL_BYTES:,} bytes")
-    return data
-
+# ---- decoding (Ray tasks) ----
 
 # Strings that cross Ray as Arrow data are carried as bytes: a file name that is not UTF-8 (a surrogate escape)
 # or an error message quoting one could not be an Arrow string.
@@ -139,7 +71,7 @@ def _from_bytes(data: bytes | None) -> str | None:
     return None if data is None else data.decode("utf-8", "surrogateescape")
 
 
-def decode_batch(batch, *, pre, fast_decode: bool):
+def decode_batch(batch, *, pre, fast_decode: bool, network):
     """Ray task: a batch of {index, path, error_type, error_message} -> {index, pixels, error_type,
     error_message}; pixels are crop*crop*3 RGB bytes, null for a failed input."""
     import pyarrow as pa
@@ -149,7 +81,7 @@ def decode_batch(batch, *, pre, fast_decode: bool):
         path = _from_bytes(row["path"])
         error = InputError(row["error_type"], _from_bytes(row["error_message"])) if row["error_type"] else None
         src = Source(path, error)
-        p = prepare(src, pre, fast_decode, read_object)
+        p = prepare(src, pre, fast_decode, network)
         pixels.append(p.pixels)
         types.append(None if p.error is None else p.error.kind)
         messages.append(None if p.error is None else _to_bytes(p.error.message))
@@ -169,12 +101,12 @@ class Classifier:
     With `decode`, it takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
 
     def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, batch_size: int,
-                 decode: bool = False, fast_decode: bool = False) -> None:
+                 decode: bool = False, fast_decode: bool = False, network=None) -> None:
         import ray
         import torch
 
-        from .inference import Predictor
-        from .weights import build_model
+        from ..inference import Predictor
+        from ..weights import build_model
 
         if isinstance(state, ray.ObjectRef):  # constructor arguments reach the actor as they were given
             state = ray.get(state)
@@ -190,6 +122,7 @@ class Classifier:
         self.batch_size = batch_size
         self.decode = decode
         self.fast_decode = fast_decode
+        self.network = network
 
     def __call__(self, batch):
         import numpy as np
@@ -197,7 +130,7 @@ class Classifier:
         import torch
 
         if self.decode:
-            batch = decode_batch(batch, pre=self.preprocess, fast_decode=self.fast_decode)
+            batch = decode_batch(batch, pre=self.preprocess, fast_decode=self.fast_decode, network=self.network)
         ok = batch.column("error_type").is_null().to_numpy(zero_copy_only=False)
         pixels = batch.column("pixels").filter(pa.array(ok)).to_pylist()
         probs = np.zeros((batch.num_rows, self.topk), np.float32)
@@ -227,7 +160,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401  (the [data] extra: pyarrow, pandas)
     except ImportError:
-        raise UsageError(INSTALL_HINT) from None
+        raise UsageError(RAY_HINT) from None
     return ray
 
 
@@ -251,69 +184,72 @@ def _connect(ray, address: str | None, num_cpus: int) -> bool:
     return True
 
 
-def _plan(ray, opts, device) -> tuple[str, int]:
-    """(the actors' device, how many model actors) from the options and the cluster's resources."""
+def _plan(ray, job: Job) -> tuple[str, int]:
+    """(the actors' device type, how many model actors) from the options and the cluster's resources: the
+    driver's own hardware does not matter."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    if device.type == "cuda" or (opts.device == "auto" and gpus > 0):
-        if gpus == 0 and not opts.workers:
-            raise UsageError("--device cuda: the Ray cluster has no GPUs (give --workers N to wait for N)")
-        return "cuda", opts.workers or gpus
-    if device.type == "cpu":
-        # One single-threaded actor per CPU, each decoding its own batches (module docstring): every CPU
-        # busy, and no pixels cross between processes.
-        return "cpu", opts.workers or max(1, int(resources.get("CPU", 1)))
-    return device.type, opts.workers or 1  # mps: one device per machine
+    kind = job.device.split(":")[0]
+    if kind == "cuda" or (kind == "auto" and gpus > 0):
+        if gpus == 0 and not job.workers:
+            raise UsageError(f"--device {job.device}: the Ray cluster has no GPUs (give --workers N to wait "
+                             "for N)")
+        return "cuda", job.workers or gpus
+    if kind == "mps":
+        return "mps", job.workers or 1  # one device per machine
+    # One single-threaded actor per CPU, each decoding its own batches (module docstring): every CPU busy,
+    # and no pixels cross between processes.
+    return "cpu", job.workers or max(1, int(resources.get("CPU", 1)))
 
 
-def run_ray(opts, loaded, fmt, previous: list[Record], skip: set[str], *, device, dtype, stop, stdout, stderr
-            ) -> int:
-    """The job of runner.run_classify on Ray; returns the exit code (0, 1, or 130/143 when interrupted).
-    `stop` is the caller's runner.StopSignals, already installed."""
+def records(job: Job, stop: threading.Event) -> Iterator[Record]:
+    """The engine entry point (engines/__init__.py): the job's records, computed on a Ray cluster."""
     ray = import_ray()
     from ray.data import DataContext
 
-    from .pipeline import default_workers
-    from .runner import default_batch_size, emit
+    import torch
 
-    sources = list(list_sources(opts.inputs, recursive=opts.recursive, null_separated=opts.null_separated,
-                                skip=skip))
+    from ..inference import load_for
+
+    sources = list(job.inputs)
     if not sources:
-        failed = emit(iter(()), opts, fmt, previous, stdout=stdout, stderr=stderr)
-        return ExitCode.SOME_FAILED if failed else ExitCode.OK
-
-    # A Ray started here gets one CPU per model actor when the model runs on CPUs (--workers, else every
-    # core); with a GPU, every core, for the decode tasks that feed it.
+        return
+    # A Ray started here gets one CPU per model actor when the model runs on this machine's CPUs (--workers,
+    # else every core); with a GPU, every core, for the decode tasks that feed it.
     cores = default_workers()
-    started = _connect(ray, opts.ray_address, (opts.workers or cores) if device.type == "cpu" else cores)
+    on_cpu = job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available())
+    started = _connect(ray, job.ray_address, (job.workers or cores) if on_cpu else cores)
     ray_logger = logging.getLogger("ray.data")
     old_level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
     # Ray Data warns when a run has fewer blocks than actors (one image, say): true, and nothing to act on.
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
+    rows = None
     try:
-        actor_device, actors = _plan(ray, opts, device)
-        batch_size = default_batch_size(opts.batch_size, actor_device)
+        actor_device, actors = _plan(ray, job)
+        # CPU actors: the precision is checked on this CPU, as the cluster's are taken to be alike. GPUs: what
+        # they run is theirs to say.
+        _, dtype, loaded = load_for(job, torch.device(actor_device), check_here=actor_device == "cpu")
+        batch_size = default_batch_size(job.batch_size, actor_device)
         ctx = DataContext.get_current().copy()
         ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = False  # emit() draws the progress bar, on a terminal only
+        ctx.enable_progress_bars = False  # the command draws the progress bar, on a terminal only
         ctx.print_on_execution_start = False
         with DataContext.current(ctx):
-            ds = _dataset(ray, sources, loaded, opts, actor_device=actor_device, actors=actors,
+            ds = _dataset(ray, sources, loaded, job, actor_device=actor_device, actors=actors,
                           batch_size=batch_size, dtype=dtype)
-            records = _in_order(_rows(ds, sources, loaded, stop), sources, stop)
-            try:
-                failed = emit(records, opts, fmt, previous, stdout=stdout, stderr=stderr)
-            finally:
-                records.close()  # the reader thread leaves Ray before Ray is shut down (see _rows)
+            rows = _in_order(_rows(ds, sources, loaded, stop), sources, stop)
+            yield from rows
     finally:
+        if rows is not None:
+            rows.close()  # the reader thread leaves Ray before Ray is shut down (see _rows)
         if started:
             ray.shutdown()
         ray_logger.setLevel(old_level)
-    return stop.exit_code or (ExitCode.SOME_FAILED if failed else ExitCode.OK)
 
 
-def _dataset(ray, sources: list[Source], loaded, opts, *, actor_device: str, actors: int, batch_size: int, dtype):
+def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str, actors: int, batch_size: int,
+             dtype):
     from ray.data import ActorPoolStrategy
 
     items = [{"index": i, "path": _to_bytes(s.path),
@@ -324,14 +260,15 @@ def _dataset(ray, sources: list[Source], loaded, opts, *, actor_device: str, act
     gpu = actor_device == "cuda"
     if gpu:
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
-                            fn_kwargs={"pre": loaded.preprocess, "fast_decode": opts.fast_decode})
+                            fn_kwargs={"pre": job.weights.preprocess, "fast_decode": job.fast_decode,
+                                       "network": job.network})
     return ds.map_batches(
         Classifier, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=1 if gpu else None,
         fn_constructor_kwargs={
-            "state": ray.put(loaded.module.state_dict()), "arch": loaded.arch, "preprocess": loaded.preprocess,
-            "device": actor_device, "dtype": dtype, "topk": opts.topk, "batch_size": batch_size,
-            "decode": not gpu, "fast_decode": opts.fast_decode,
+            "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
+            "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "topk": job.topk,
+            "batch_size": batch_size, "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network,
         })
 
 
@@ -345,8 +282,7 @@ def _batch_records(batch, sources: list[Source], loaded) -> list[tuple[int, Reco
     prepared = [Prepared(sources[i].path, None, None if t is None else InputError(t, _from_bytes(m)))
                 for i, t, m in zip(index, types, messages)]
     ok = [r for r, t in enumerate(types) if t is None]
-    recs = to_records(prepared, probs[ok], indices[ok], arch=loaded.arch.name, weights=loaded.weights,
-                      labels=loaded.labels, pre=loaded.preprocess)
+    recs = to_records(prepared, probs[ok], indices[ok], loaded.weights, loaded.labels)
     return list(zip(index, recs))
 
 
@@ -390,7 +326,7 @@ def _rows(ds, sources: list[Source], loaded, stop) -> Iterator[tuple[int, Record
     reader = threading.Thread(target=read, name="ray-results", daemon=True)
     reader.start()
     try:
-        while not stop.event.is_set():
+        while not stop.is_set():
             try:
                 item = out.get(timeout=0.1)
             except queue.Empty:
@@ -419,7 +355,7 @@ def _in_order(rows: Iterator[tuple[int, Record]], sources: list[Source], stop) -
                 next_index += 1
     finally:
         rows.close()
-    if stop.event.is_set():
+    if stop.is_set():
         return  # interrupted: the output is a prefix of the input
     # Every input sends exactly one row; one that never came back is a bug, reported in its place.
     for i in range(next_index, len(sources)):

@@ -1,0 +1,166 @@
+"""`resnet-classify classify` (the default command): the top-k ImageNet classes of each input, in input order.
+
+    options --> job.make_job (checked, no torch) --> engines.records(job) --> write_records --> exit code
+
+This file owns what classify adds around an engine: the output file and its format, `--resume`, per-file
+lines on stderr, the progress bar, and the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import nullcontext
+from typing import Annotated, BinaryIO, Optional, TextIO
+
+import typer
+
+from ..console import eprint, isatty, printable, progress_bar
+from ..errors import UsageError
+from ..job import Engine, Job, Precision, make_job
+from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, LabelsOpt,
+                       NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
+                       TopkOpt, WeightsOpt, WorkersOpt)
+from ..records import Failure, Record
+from ..signals import StopSignals
+from ..writers import Format, format_for_output, open_writer
+
+FormatOpt = Annotated[Optional[Format], typer.Option(
+    "--format", "-f", case_sensitive=False, show_default=False,
+    help="Default: a table on a terminal, else jsonl; with --output, by the file's extension (.json, .csv, "
+    ".txt = table, else jsonl).")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run: keep --output's successes, retry its failures, classify the "
+    "rest.")]
+
+
+def command(
+    inputs: InputsArg,
+    arch: ArchOpt = None,
+    weights: WeightsOpt = "DEFAULT",
+    topk: TopkOpt = 5,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSizeOpt = None,
+    workers: WorkersOpt = None,
+    recursive: RecursiveOpt = False,
+    null: NullOpt = False,
+    offline: OfflineOpt = False,
+    labels: LabelsOpt = None,
+    fast_decode: FastDecodeOpt = False,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    quiet: QuietOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Classify images; print the top-k ImageNet classes of each, in input order."""
+    fmt = check_output(format, output, resume)
+    job = make_job(inputs, arch=arch, weights=weights, topk=topk, device=device, precision=precision,
+                   batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
+                   offline=offline, labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet,
+                   engine=engine, ray_address=ray_address)
+    previous = []
+    if resume:
+        from ..resume import previous_successes
+
+        previous = previous_successes(output, fmt, job.weights, topk)
+        job.inputs.skip = frozenset(r.path for r in previous)
+    raise typer.Exit(run(job, fmt, output, previous))
+
+
+def check_output(fmt: Format | None, output: str | None, resume: bool) -> Format:
+    """The output's format, with the rules that involve --output: checked before any work starts."""
+    if resume and not output:
+        raise UsageError("--resume needs --output FILE (the file to resume)")
+    if output:
+        check_writable(output)
+    return fmt or format_for_output(output, stdout_is_tty=isatty(sys.stdout))
+
+
+def check_writable(output: str) -> None:
+    """--output must be creatable (or replaceable) before any work starts, not found out after the model loads."""
+    if os.path.isdir(output):
+        raise UsageError(f"--output {output} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {output}: folder {folder} does not exist")
+    if os.path.exists(output) and not os.access(output, os.W_OK):
+        raise UsageError(f"--output {output}: not writable")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output}: cannot create files in {folder}")
+
+
+def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), *, stdout: BinaryIO | None = None,
+        stderr: TextIO | None = None) -> int:
+    """Classify the job's inputs and write the records; returns the exit code."""
+    from .. import engines
+
+    stdout = stdout or sys.stdout.buffer
+    stderr = stderr or sys.stderr
+    with StopSignals().installed() as stop:
+        written, failed = write_records(engines.records(job, stop.event), job, fmt, output, previous, stdout=stdout,
+                                        stderr=stderr)
+        code = stop.exit_code(failed)
+    if stop.signum is not None:  # even with --quiet: the user must learn how to continue
+        where = f" to {output}; add --resume to the same command to continue" if output else ""
+        eprint(f"interrupted: {written} record{'s' if written != 1 else ''} written{where}", stderr)
+    return code
+
+
+def failure_line(rec: Failure) -> str:
+    return f"{printable(rec.path)}: {rec.type}: {rec.message}".replace("\n", " ")
+
+
+def write_records(records, job: Job, fmt: Format, output: str | None, previous=(), *, stdout: BinaryIO,
+                  stderr: TextIO) -> tuple[int, int]:
+    """Write records as they come; per-file errors to stderr; a progress bar on a terminal. Returns (records
+    written, failures). The output is opened only once the engine has its first record (a usage error while
+    the model loads leaves an earlier --output as it was), and finished (renamed into place) even when the run
+    is interrupted; an unexpected error leaves an earlier file untouched."""
+    records = iter(records)
+    try:
+        first = next(records, None)
+        color = isatty(stdout) if fmt is Format.table and not output else False
+        writer = open_writer(fmt, output, previous=previous, stdout=stdout, color=color)
+        # A bar when stderr is a terminal and the results go elsewhere: results printed on the same terminal show
+        # the progress themselves, and a bar redrawn between them would garble both.
+        show_bar = not job.quiet and isatty(stderr) and not (isatty(stdout) and not output)
+        bar = progress_bar(stderr) if show_bar else None
+        # A table on the terminal already shows each failure in its place, in red; the same line again on
+        # stderr, the same terminal, would only repeat it. (Redirect either stream and the stderr lines are back.)
+        errors_to_stderr = not job.quiet and not (fmt is Format.table and color and isatty(stderr))
+        failed = 0
+        ok = False
+        try:
+            with bar or nullcontext():
+                task = bar.add_task("classifying", total=job.inputs.total) if bar is not None else None
+                for rec in () if first is None else _chain(first, records):
+                    writer.write(rec)
+                    if not rec.ok:
+                        failed += 1
+                        if errors_to_stderr:
+                            line = failure_line(rec)
+                            if bar is not None:
+                                bar.console.print(f"resnet-classify: {line}", markup=False, highlight=False)
+                            else:
+                                eprint(line, stderr)
+                    if task is not None:
+                        bar.update(task, advance=1, total=job.inputs.total)
+            ok = True
+        finally:
+            writer.close(ok=ok)
+    finally:
+        if hasattr(records, "close"):
+            records.close()  # the engine lets go of its threads and its cluster now
+    if writer.count == 0 and fmt is Format.table and not job.quiet:
+        eprint("no images to classify", stderr)
+    return writer.count, failed
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest

@@ -1,0 +1,70 @@
+"""Command-line options that several commands share, declared once (Typer `Annotated` aliases).
+
+Choices are enums, so help, parser and code agree; numeric options carry their minimum; defaults that depend
+on the situation (the format, the batch size) are None here and decided by the command. Nothing heavy is
+imported: `--help` must answer at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .job import Engine, Precision
+
+# Each command's --format offers only what it writes: these enums are the choices (see commands/).
+
+InputsArg = Annotated[list[str], typer.Argument(
+    metavar="INPUT...", show_default=False,
+    help="Image files, folders, quoted globs ('photos/*.jpg'), http(s) URLs, s3:// or gs:// objects and "
+    "prefixes, or - to read paths from stdin (one a line).")]
+ArchOpt = Annotated[Optional[str], typer.Option(
+    "--arch", "-a", metavar="ARCH", show_default=False,
+    help="Architecture (see `resnet-classify models`). Default: resnet50, or the one --weights names.")]
+WeightsOpt = Annotated[str, typer.Option(
+    "--weights", "-w", metavar="WEIGHTS",
+    help="Published weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2 or an enum-qualified name such as "
+    "ResNet50_Weights.IMAGENET1K_V2) or a checkpoint file (.pth/.pt in torchvision's layout, or .safetensors).")]
+TopkOpt = Annotated[int, typer.Option("--topk", "-k", min=1, metavar="K", help="How many classes to report per image.")]
+OutputOpt = Annotated[Optional[str], typer.Option(
+    "--output", "-o", metavar="FILE", show_default=False,
+    help="Write results to FILE instead of stdout (json and csv appear atomically).")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (with --engine ray: the cluster's).")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", min=1, metavar="N", show_default=False,
+    help="Images per forward pass. Default: 8 on CPU, 64 on GPU.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
+NullOpt = Annotated[bool, typer.Option(
+    "--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).")]
+OfflineOpt = Annotated[bool, typer.Option(
+    "--offline", envvar="RESNET_CLASSIFY_OFFLINE", show_envvar=False,
+    help="Never use the network: weights must be cached, URLs and s3:// inputs fail "
+    "(env: RESNET_CLASSIFY_OFFLINE=1).")]
+LabelsOpt = Annotated[Optional[str], typer.Option(
+    "--labels", metavar="FILE", show_default=False,
+    help="Class names for a custom checkpoint, one a line. Default: ImageNet's for 1000 classes, else class_N.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", case_sensitive=False,
+    help="fp32 (exact), bf16 (CPUs with AVX-512 BF16 or AMX, GPUs) or fp16 (GPUs).")]
+FastDecodeOpt = Annotated[bool, typer.Option(
+    "--fast-decode", help="Let JPEGs decode at reduced scale (at least twice the resize target) before the exact "
+    "resize: much faster on large photos, near-identical results.")]
+ResizeOpt = Annotated[Optional[int], typer.Option(
+    "--resize", min=1, metavar="N", show_default=False,
+    help="Resize the shorter side to N (default: the weights' own).")]
+CropOpt = Annotated[Optional[int], typer.Option(
+    "--crop", min=1, metavar="N", show_default=False,
+    help="Center-crop to NxN (default: the weights' own); alone, resize keeps the weights' crop ratio.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, metavar="N", show_default=False,
+    help="Parallelism. --engine local: decode threads (default: one per core). --engine ray: model actors "
+    "(default: one per CPU of the cluster, or one per GPU).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-file error lines on stderr.")]
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", case_sensitive=False,
+    help="local, or ray to run on a Ray cluster (needs pip install 'resnet-classify[ray]').")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDRESS", show_default=False,
+    help="With --engine ray: the cluster's address (default: RAY_ADDRESS, else a local Ray).")]

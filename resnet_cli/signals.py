@@ -1,0 +1,45 @@
+"""Ctrl-C and SIGTERM: finish cleanly on the first, end at once on the second.
+
+The first signal asks the run to stop taking work: what is finished is written (a prefix of the inputs, which
+`--resume` continues) and the exit code is 130 (SIGINT) or 143 (SIGTERM). A second one, of either kind,
+raises `Interrupted` in the main thread, whatever it is doing.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import ExitCode, Interrupted
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.event = threading.Event()  # what engines watch
+        self.signum: int | None = None
+
+    def handler(self, signum, frame) -> None:
+        if self.event.is_set():
+            raise Interrupted(self.signum or signum)
+        self.signum = signum
+        self.event.set()
+
+    @contextmanager
+    def installed(self) -> Iterator["StopSignals"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def exit_code(self, failed: int) -> ExitCode:
+        """The run's exit code, decided here only: interrupted, else some inputs failed, else OK."""
+        if self.signum is not None:
+            return ExitCode.INTERRUPTED if self.signum == signal.SIGINT else ExitCode.TERMINATED
+        return ExitCode.SOME_FAILED if failed else ExitCode.OK
