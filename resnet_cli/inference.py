@@ -1,11 +1,18 @@
 """Running the network on a batch: device and precision choice, and the fastest correct path for each.
 
 CPU: oneDNN fused kernels (`fused.py`) in fp32 or bf16, else the eager module in channels_last.
-CUDA: the eager module in channels_last with cuDNN autotuning; uint8 batches go over in pinned memory,
-    non-blocking, and are normalised on the GPU (a quarter of the bytes of a float batch).
+CUDA: the eager module in channels_last, cuDNN in its deterministic mode; uint8 batches go over in pinned
+    memory, non-blocking, and are normalised on the GPU (a quarter of the bytes of a float batch).
 MPS: the eager module.
 Precision: fp32 (default, exact: top-5 as torchvision's reference), bf16 (CPUs with AVX-512 BF16/AMX, CUDA),
 fp16 (CUDA, MPS). Softmax is always taken in float32.
+
+An image's answer depends on the image and the options only, to the last bit. Kernel libraries pick their
+algorithms by tensor shape (oneDNN computes an image in a batch of 1, 2 or 3 differently from one in a batch of
+8, measured), so the network always runs on the same shape: chunks of `FORWARD_BATCH` images, the last one
+padded with blank images. The batch an image lands in, its batch mates, `--batch-size`, the engine and the
+thread count then change nothing: the padding costs a one-image run 7 images' worth of compute on a CPU
+(docs/benchmarks.md has the measurement), and nothing to full batches.
 """
 
 from __future__ import annotations
@@ -72,32 +79,49 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
     return device, dtype, loaded
 
 
+def forward_batch(device_type: str) -> int:
+    """The one shape the network runs on (module docstring): 8 images on a CPU (the fastest of 4/8/12/16/32
+    measured on the fused path), 64 on a GPU."""
+    return 8 if device_type == "cpu" else 64
+
+
 class Predictor:
-    """Callable: (N, H, W, 3) uint8 CPU tensor -> (top-k probabilities, top-k indices), float32/int64 on CPU."""
+    """Callable: (N, H, W, 3) uint8 CPU tensor -> (top-k probabilities, top-k indices), float32/int64 on CPU.
+    Any N: the network runs on chunks of `forward_batch` images, the last one padded."""
 
     def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype,
-                 topk: int, batch_size: int) -> None:
+                 topk: int) -> None:
         from . import fused
 
         self.preprocess = preprocess
         self.device = device
         self.dtype = dtype
         self.topk = topk
+        self.chunk = forward_batch(device.type)
         if device.type == "cpu" and fused.available():
-            self.forward = fused.FusedResNet(module, dtype, batch_size, preprocess.crop)
+            self.forward = fused.FusedResNet(module, dtype, self.chunk, preprocess.crop)
         else:
             if device.type == "cuda":
-                torch.backends.cudnn.benchmark = True
+                # Autotuning may pick another algorithm from one run to the next, and with it other last bits.
+                torch.backends.cudnn.benchmark = False
+                torch.backends.cudnn.deterministic = True
             self.forward = module.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(batch_u8)
+        short = -n % self.chunk
+        if short:
+            batch_u8 = torch.cat([batch_u8, batch_u8.new_zeros((short, *batch_u8.shape[1:]))])
         if self.device.type == "cuda":
             batch_u8 = batch_u8.pin_memory().to(self.device, non_blocking=True)
         elif self.device.type != "cpu":
             batch_u8 = batch_u8.to(self.device)
-        x = normalize(batch_u8, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
-        logits = self.forward(x).float()
-        probs = torch.softmax(logits, dim=1)
-        values, indices = probs.topk(self.topk, dim=1)
-        return values.cpu(), indices.cpu()
+        values, indices = [], []
+        for part in batch_u8.split(self.chunk):
+            x = normalize(part, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
+            probs = torch.softmax(self.forward(x).float(), dim=1)
+            v, i = probs.topk(self.topk, dim=1)
+            values.append(v)
+            indices.append(i)
+        return torch.cat(values)[:n].cpu(), torch.cat(indices)[:n].cpu()

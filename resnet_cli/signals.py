@@ -1,18 +1,22 @@
 """Ctrl-C and SIGTERM: finish cleanly on the first, end at once on the second.
 
-The first signal asks the run to stop taking work: what is finished is written (a prefix of the inputs, which
-`--resume` continues) and the exit code is 130 (SIGINT) or 143 (SIGTERM). A second one, of either kind,
-raises `Interrupted` in the main thread, whatever it is doing.
+The first signal asks the run to stop taking work, and says so on stderr: what is finished is written (a
+prefix of the inputs, which `--resume` continues) and the exit code is 130 (SIGINT) or 143 (SIGTERM). A second
+one, of either kind, raises `Interrupted` in the main thread, whatever it is doing.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import ExitCode, Interrupted
+from .errors import PROG, ExitCode, Interrupted
+
+STOPPING = f"{PROG}: stopping after the images in progress (send the signal again to stop at once)\n"
 
 
 class StopSignals:
@@ -25,6 +29,7 @@ class StopSignals:
             raise Interrupted(self.signum or signum)
         self.signum = signum
         self.event.set()
+        _say(STOPPING)
 
     @contextmanager
     def installed(self) -> Iterator["StopSignals"]:
@@ -43,3 +48,12 @@ class StopSignals:
         if self.signum is not None:
             return ExitCode.INTERRUPTED if self.signum == signal.SIGINT else ExitCode.TERMINATED
         return ExitCode.SOME_FAILED if failed else ExitCode.OK
+
+
+def _say(text: str) -> None:
+    """A line on stderr from a signal handler: straight to the file descriptor, since the handler may run
+    while the main thread is inside a buffered write to stderr (which would raise a reentrant-call error)."""
+    try:
+        os.write(sys.stderr.fileno(), text.encode("utf-8", "replace"))
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr closed, or not a file (a test's StringIO): the exit code still tells

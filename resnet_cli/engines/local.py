@@ -23,8 +23,7 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
 
         device, dtype, loaded = load_for(job)
         batch_size = default_batch_size(job.batch_size, device.type)
-        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype, topk=job.topk,
-                              batch_size=batch_size)
+        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype, topk=job.topk)
         yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
                             stop=stop)
     finally:

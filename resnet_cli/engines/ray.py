@@ -18,12 +18,9 @@ writes them, so formats, per-file stderr lines and exit codes are the local engi
   actor decodes its own batch and then runs it, one single-threaded actor per CPU: it is the plan Ray Data's
   operator fusion makes of two stages with equal resources, written out, because a separate decode stage
   would need CPUs the actors hold, and would deadlock if the fusion did not happen.
-- An actor pads a short batch to the full batch size before the forward pass: oneDNN and cuDNN choose kernels
-  by batch shape, and a batch of 5 rounds differently from a batch of 8 in the last bits. Padded, an image's
-  probabilities do not depend on where Ray Data cut the batches: runs repeat exactly, and equal the local
-  engine's bit for bit for every image in one of its full batches (all but its last) when torch runs on as
-  many threads (one per actor here). In the local engine's last, short batch they can differ in the last
-  bits (up to 7e-7 measured, resnet50): the same top-k, the same order.
+- An actor runs the same `inference.Predictor` as the local engine, on the same fixed forward shape: an
+  image's probabilities do not depend on where Ray Data cut the batches, and equal the local engine's to the
+  last bit.
 - Rows come back in input order (Ray Data's preserve_order); a reorder buffer keyed by index keeps the output
   in order whatever Ray does, without waiting for the end.
 - SIGINT/SIGTERM stop the run at once: what is written is a prefix of the input (for --resume); rows still on
@@ -100,8 +97,8 @@ class Classifier:
     {index, pixels, error_type, error_message} -> {index, error_type, error_message, probs, indices}.
     With `decode`, it takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
 
-    def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, batch_size: int,
-                 decode: bool = False, fast_decode: bool = False, network=None) -> None:
+    def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, decode: bool = False,
+                 fast_decode: bool = False, network=None) -> None:
         import ray
         import torch
 
@@ -115,11 +112,9 @@ class Classifier:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
         module = build_model(arch, state, "the driver's model")
-        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype, topk=topk,
-                                   batch_size=batch_size)
+        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype, topk=topk)
         self.preprocess = preprocess
         self.topk = topk
-        self.batch_size = batch_size
         self.decode = decode
         self.fast_decode = fast_decode
         self.network = network
@@ -127,7 +122,6 @@ class Classifier:
     def __call__(self, batch):
         import numpy as np
         import pyarrow as pa
-        import torch
 
         if self.decode:
             batch = decode_batch(batch, pre=self.preprocess, fast_decode=self.fast_decode, network=self.network)
@@ -135,18 +129,10 @@ class Classifier:
         pixels = batch.column("pixels").filter(pa.array(ok)).to_pylist()
         probs = np.zeros((batch.num_rows, self.topk), np.float32)
         indices = np.zeros((batch.num_rows, self.topk), np.int64)
-        got_p, got_i = [], []
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start:start + self.batch_size]
-            x = stack([Prepared("", p) for p in chunk], self.preprocess.crop)
-            if len(chunk) < self.batch_size:  # a fixed shape keeps results exact (module docstring)
-                x = torch.cat([x, x.new_zeros((self.batch_size - len(chunk), *x.shape[1:]))])
-            p, i = self.predictor(x)
-            got_p.append(p[:len(chunk)].numpy())
-            got_i.append(i[:len(chunk)].numpy())
-        if got_p:
-            probs[ok] = np.concatenate(got_p)
-            indices[ok] = np.concatenate(got_i)
+        if pixels:  # the Predictor runs its one fixed shape, as in the local engine: the same bits
+            p, i = self.predictor(stack([Prepared("", p) for p in pixels], self.preprocess.crop))
+            probs[ok] = p.numpy()
+            indices[ok] = i.numpy()
         k = self.topk
         return (batch.drop_columns(["pixels"])
                 .append_column("probs", pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), k))
@@ -268,7 +254,7 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
         fn_constructor_kwargs={
             "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
             "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "topk": job.topk,
-            "batch_size": batch_size, "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network,
+            "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network,
         })
 
 
