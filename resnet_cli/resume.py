@@ -1,8 +1,12 @@
-"""`--resume`: read what an earlier run left in `--output`, and decide whether this run may continue it.
+"""`--resume`: read what an earlier run left in `--output`, decide whether this run may continue it, and put
+the kept records back in their places.
 
 A file `--resume` refuses is left exactly as it was: every check here runs before the writer opens the file.
 Only one thing is ever repaired: a torn last JSON line (a hard kill mid-write) that follows at least one valid
-record of this tool; that input is classified again.
+record of this tool; that input is classified again. Failures are classified again too. The resumed output is
+written in input order, kept records in their places, so a resumed run that completes gives the very file an
+uninterrupted run gives; it is written beside the old file and renamed over it, so a resumed run killed
+half-way loses nothing either. Kept records of inputs this run does not list come last.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+import queue
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
 
 from .errors import UsageError
 from .records import Failure, Prediction, Record, Success, from_dict
@@ -95,3 +101,36 @@ def previous_successes(path: str, fmt: Format, weights, topk: int) -> list[Succe
     kept = [r for r in read_records(path, fmt) if r.ok]
     check_resumable(kept, weights, topk)
     return kept
+
+
+def in_input_order(records: Iterable[Record], listing, kept: list[Record]) -> Iterator[Record]:
+    """The run's new `records` with the `kept` ones back in their places, by the listing's `order` (see
+    sources.Listing). Kept records whose place this run never reached (it was stopped, or does not list them)
+    follow at the end: a finished result is never dropped."""
+    waiting: dict[str, deque[Record]] = defaultdict(deque)
+    for r in kept:
+        waiting[r.path].append(r)
+
+    def pop(path: str) -> Iterator[Record]:
+        if waiting.get(path):
+            yield waiting[path].popleft()
+
+    try:
+        for rec in records:
+            while (path := listing.order.get()) is not None:
+                yield from pop(path)
+            yield rec
+    finally:
+        if hasattr(records, "close"):
+            records.close()  # the engine's threads and cluster go now, not when garbage is collected
+    while True:  # kept inputs listed after the last new one
+        try:
+            path = listing.order.get_nowait()
+        except queue.Empty:
+            break
+        if path is None:
+            break  # a new input this run did not reach (stopped): the rest of its places stay open
+        yield from pop(path)
+    for r in kept:  # whatever is left, in the old file's order
+        if waiting.get(r.path) and waiting[r.path][0] is r:
+            yield waiting[r.path].popleft()

@@ -135,10 +135,13 @@ _END = object()
 
 class Listing:
     """The sources of a run, listed once, in a thread of their own that runs ahead of whoever consumes them
-    (the decoder, or the Ray driver). `total` is the number of sources once listing is complete (None before,
-    and for stdin until it ends), for the progress bar: nothing is listed twice. Sources in `skip` (the paths
-    `--resume` keeps) are left out. Held in memory are only the sources listed and not yet consumed: a path
-    each, as a folder's sorted listing already is.
+    (the decoder, or the Ray driver). `total` is the number of inputs once listing is complete (None before,
+    and for stdin until it ends), for the progress bar: nothing is listed twice. Held in memory are only the
+    sources listed and not yet consumed: a path each, as a folder's sorted listing already is.
+
+    Sources in `skip` (the paths `--resume` keeps) are not yielded, but their place is: `order` receives, in
+    input order, the path of each skipped input and None for each yielded one, so that the kept records can
+    be written back where they belong (`resume.in_input_order`).
 
     Iterating yields the sources in order; an error listing raised no record for is raised in the consumer."""
 
@@ -148,6 +151,7 @@ class Listing:
         self._sources = expand(args, recursive=recursive, null_separated=null_separated, network=network,
                                stdin=stdin)
         self.skip = skip  # may be set until listing starts
+        self.order: queue.SimpleQueue = queue.SimpleQueue()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
         self._started = False
@@ -167,8 +171,11 @@ class Listing:
             for src in self._sources:
                 if self._closed.is_set():
                     return
-                if src.path not in self.skip:
-                    self.listed += 1
+                self.listed += 1
+                if src.path in self.skip:
+                    self.order.put(src.path)
+                else:
+                    self.order.put(None)  # before the source: its record never arrives before its place
                     self._queue.put(src)
             self.total = self.listed
         except BaseException as exc:  # re-raised in the consumer

@@ -22,7 +22,6 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
 from typing import BinaryIO
 
 from .console import LONE_SURROGATE, data_console, printable
@@ -200,32 +199,18 @@ def format_for_output(path: str | None, stdout_is_tty: bool) -> Format:
     return Format.table if stdout_is_tty else Format.jsonl
 
 
-def open_writer(fmt: Format, output: str | None, *, previous: Iterable[Record] = (), stdout: BinaryIO,
-                color: bool | None = None) -> Writer:
-    """The writer for a run. With `previous` (--resume), the output starts with those records."""
-    previous = list(previous)
+def open_writer(fmt: Format, output: str | None, *, stdout: BinaryIO, color: bool | None = None,
+                replace: bool = False) -> Writer:
+    """The writer for a run: stdout, or `output`. JSON Lines go into the file as they come (a crash loses
+    nothing finished); json and csv, and JSON Lines with `replace` (a resumed run rewriting its file), into a
+    temporary file renamed over `output` when complete."""
     cls = WRITERS[fmt]
     kwargs = {"color": color} if fmt is Format.table else {}
     if output is None:
-        writer = cls(stdout, **kwargs)
-    elif not can_replace_atomically(output):
-        writer = cls(open(output, "wb"), owned=True, **kwargs)
-    elif fmt is Format.jsonl:
-        if previous:
-            # Rewrite what is kept (failures dropped, torn tail gone) atomically, then append in place.
-            atomic = AtomicFile(output)
-            rewrite = JsonlWriter(atomic.file, atomic)
-            for r in previous:
-                rewrite.write(r)
-            rewrite.close()
-            previous = []
-            f = open(output, "ab")
-        else:
-            f = open(output, "wb")
-        writer = cls(f, owned=True)
-    else:
-        atomic = AtomicFile(output)
-        writer = cls(atomic.file, atomic, **kwargs)
-    for r in previous:
-        writer.write(r)
-    return writer
+        return cls(stdout, **kwargs)
+    if not can_replace_atomically(output):
+        return cls(open(output, "wb"), owned=True, **kwargs)
+    if fmt is Format.jsonl and not replace:
+        return cls(open(output, "wb"), owned=True)
+    atomic = AtomicFile(output)
+    return cls(atomic.file, atomic, **kwargs)

@@ -138,7 +138,7 @@ def test_download_failure_gives_no_advice_meant_for_classify():
     assert "--weights PATH" not in res.stderr
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180, method="thread")  # a hung Ray call ignores SIGALRM
 def test_offline_under_ray_sends_no_request(checkpoint, cli):
     """--offline means no request leaves the process, whatever the engine: a local server counts them."""
     hits = []

@@ -96,13 +96,19 @@ def check_writable(output: str) -> None:
 
 def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), *, stdout: BinaryIO | None = None,
         stderr: TextIO | None = None) -> int:
-    """Classify the job's inputs and write the records; returns the exit code."""
+    """Classify the job's inputs and write the records (with `previous`, the records --resume keeps, each in
+    its place); returns the exit code."""
     from .. import engines
 
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr
     with StopSignals().installed() as stop:
-        written, failed = write_records(engines.records(job, stop.event), job, fmt, output, previous, stdout=stdout,
+        records = engines.records(job, stop.event)
+        if previous:
+            from ..resume import in_input_order
+
+            records = in_input_order(records, job.inputs, previous)
+        written, failed = write_records(records, job, fmt, output, replace=bool(previous), stdout=stdout,
                                         stderr=stderr)
         code = stop.exit_code(failed)
     if stop.signum is not None:  # even with --quiet: the user must learn how to continue
@@ -115,8 +121,8 @@ def failure_line(rec: Failure) -> str:
     return f"{printable(rec.path)}: {rec.type}: {rec.message}".replace("\n", " ")
 
 
-def write_records(records, job: Job, fmt: Format, output: str | None, previous=(), *, stdout: BinaryIO,
-                  stderr: TextIO) -> tuple[int, int]:
+def write_records(records, job: Job, fmt: Format, output: str | None, *, replace: bool = False,
+                  stdout: BinaryIO, stderr: TextIO) -> tuple[int, int]:
     """Write records as they come; per-file errors to stderr; a progress bar on a terminal. Returns (records
     written, failures). The output is opened only once the engine has its first record (a usage error while
     the model loads leaves an earlier --output as it was), and finished (renamed into place) even when the run
@@ -125,7 +131,7 @@ def write_records(records, job: Job, fmt: Format, output: str | None, previous=(
     try:
         first = next(records, None)
         color = isatty(stdout) if fmt is Format.table and not output else False
-        writer = open_writer(fmt, output, previous=previous, stdout=stdout, color=color)
+        writer = open_writer(fmt, output, stdout=stdout, color=color, replace=replace)
         # A bar when stderr is a terminal and the results go elsewhere: results printed on the same terminal show
         # the progress themselves, and a bar redrawn between them would garble both.
         show_bar = not job.quiet and isatty(stderr) and not (isatty(stdout) and not output)
