@@ -16,8 +16,12 @@ from checkpoints import PHOTOS
 OK = "ok"
 
 
+# A colour photo (not camera.png, which is greyscale): a swapped channel or an inverted CMYK must be able to show.
+COLOUR_PHOTO = next(p for p in PHOTOS if p.name == "chelsea.png")
+
+
 def _photo(size=(320, 240)) -> Image.Image:
-    return Image.open(PHOTOS[1]).convert("RGB").resize(size)
+    return Image.open(COLOUR_PHOTO).convert("RGB").resize(size)
 
 
 def _jpeg(img: Image.Image, **kw) -> bytes:

@@ -11,14 +11,11 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from checkpoints import PHOTOS
 from corpus import OK, make_corpus
-from resnet_cli import errors, net
+from resnet_cli import net
 
-ERROR_TYPES = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +35,7 @@ def assert_records_match(records, names_expected):
             assert set(r) == {"path", "error"}
 
 
+@pytest.mark.timeout(120)
 def test_corpus_every_file_gets_its_record_in_order(corpus, checkpoint, cli):
     folder, expected = corpus
     res = cli(folder, "--arch", "resnet18", "--weights", checkpoint("resnet18"), "--format", "jsonl")
@@ -51,6 +49,7 @@ def test_corpus_every_file_gets_its_record_in_order(corpus, checkpoint, cli):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.timeout(120)
 def test_a_bad_file_never_shifts_its_neighbours_predictions(corpus, checkpoint, cli):
     """Classified alone or among broken files, in any batch size, each image gets the same answer."""
     folder, expected = corpus
@@ -111,6 +110,7 @@ def test_explicit_missing_paths_svg_and_directories(tmp_path, checkpoint, cli):
     assert res.code == 1
 
 
+@pytest.mark.timeout(60)
 def test_symlink_loops_end_and_unreadable_folders_get_a_record(tmp_path, checkpoint, cli, monkeypatch):
     import shutil
 
@@ -135,6 +135,7 @@ def test_symlink_loops_end_and_unreadable_folders_get_a_record(tmp_path, checkpo
     assert res.code == 1
 
 
+@pytest.mark.timeout(60)
 def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path, checkpoint, cli):
     import shutil
 
@@ -146,6 +147,7 @@ def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path, checkpoin
     assert "regular file" in recs[1]["error"]["message"] and res.code == 1
 
 
+@pytest.mark.timeout(60)
 def test_a_path_with_a_nul_byte_from_stdin_is_not_found(checkpoint, cli):
     res = cli("-", "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "jsonl", stdin=b"bad\x00name.jpg\n")
     assert res.jsonl()[0]["error"]["type"] == "not_found"
@@ -258,6 +260,7 @@ def http_server():
     server.server_close()
 
 
+@pytest.mark.timeout(90)
 def test_urls_classify_or_fail_with_their_reason_in_order(http_server, checkpoint, cli, monkeypatch):
     monkeypatch.setattr(net, "URL_TIMEOUT_S", 1.0)
     monkeypatch.setattr(net, "MAX_URL_BYTES", 200_000)
@@ -278,6 +281,7 @@ def test_urls_classify_or_fail_with_their_reason_in_order(http_server, checkpoin
         assert abs(a["probability"] - b["probability"]) < 1e-5
 
 
+@pytest.mark.timeout(60)
 def test_offline_never_fetches_url_inputs(http_server, checkpoint, cli):
     requests_before = _Handler.requests
     res = cli(f"{http_server}/photo.jpg", SMALL_PHOTO, "-a", "resnet18", "-w", checkpoint("resnet18"),
@@ -288,6 +292,7 @@ def test_offline_never_fetches_url_inputs(http_server, checkpoint, cli):
     assert _Handler.requests == requests_before  # the server never heard from us
 
 
+@pytest.mark.timeout(30)
 def test_a_server_that_trickles_bytes_is_cut_off_at_the_timeout(http_server, monkeypatch):
     from resnet_cli.errors import InputError
 
@@ -296,48 +301,3 @@ def test_a_server_that_trickles_bytes_is_cut_off_at_the_timeout(http_server, mon
         net.fetch_image_bytes(f"{http_server}/trickle.jpg", timeout=1.0)
     assert exc.value.kind == "timeout"
     assert time.monotonic() - t0 < 2.5
-
-
-# ---- property test: the loader never crashes or hangs on any bytes ---------------------------------------
-
-_SEED_FILES = [p.read_bytes() for p in PHOTOS[:3]]
-
-
-@st.composite
-def mutated_images(draw):
-    data = bytearray(draw(st.sampled_from(_SEED_FILES))[:20000])
-    for _ in range(draw(st.integers(0, 8))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "truncate"]))
-        pos = draw(st.integers(0, max(0, len(data) - 1)))
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[pos:pos + draw(st.integers(1, 512))]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
-        else:
-            del data[pos:]
-    return bytes(data)
-
-
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(st.binary(max_size=2048), mutated_images()))
-def test_random_and_mutated_bytes_give_an_image_or_a_clean_failure(data):
-    """Through the same worker task the pipeline runs: it returns pixels or a typed one-line error, never
-    raises, never hangs (hypothesis' deadline), never reports a bug (internal_error)."""
-    import tempfile
-
-    from resnet_cli.inputs import Source
-    from resnet_cli.pipeline import prepare
-    from resnet_cli.registry import get_arch
-
-    pre = get_arch("resnet18").default_weights.preprocess
-    with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
-        f.write(data)
-        f.flush()
-        result = prepare(Source(f.name), pre)
-    if result.error is None:
-        assert len(result.pixels) == pre.crop * pre.crop * 3
-    else:
-        assert result.error.kind in ERROR_TYPES and result.error.kind != "internal_error", result.error.message
-        assert result.error.message and "\n" not in result.error.message

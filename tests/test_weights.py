@@ -7,6 +7,8 @@ import hashlib
 import http.server
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints import PHOTOS
+from checkpoints import PHOTOS, ROOT
 from resnet_cli import registry
 
 
@@ -49,7 +51,11 @@ def test_training_script_layouts_load_unchanged(layout, r18, cli, tmp_path):
     assert top(cli(*args, "-w", path)) == top(cli(*args, "-w", r18))
 
 
-def test_a_checkpoint_whose_unpickling_would_run_code_is_refused_and_never_runs(tmp_path, cli):
+@pytest.mark.timeout(120)
+def test_a_checkpoint_whose_unpickling_would_run_code_is_refused_and_never_runs(tmp_path):
+    """The tool's own choice of weights_only=True, proven through the real command: with
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 torch unpickles anything unless the caller passes weights_only=True
+    itself, so only the tool's explicit argument stands between the file and its payload."""
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -58,11 +64,16 @@ def test_a_checkpoint_whose_unpickling_would_run_code_is_refused_and_never_runs(
 
     evil = tmp_path / "evil.pth"
     torch.save({"fc.weight": torch.zeros(2, 512), "hook": Payload()}, evil)
-    res = cli(PHOTOS[0], "-a", "resnet18", "-w", evil)
-    assert res.code == 2
-    assert "refused" in res.stderr and str(evil) in res.stderr
-    assert not marker.exists()
-    assert "Traceback" not in res.stderr
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)  # would force the safe load whatever the tool passes
+    res = subprocess.run([sys.executable, "-m", "resnet_cli", str(PHOTOS[0]), "-a", "resnet18", "-w", str(evil)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr  # one line: no traceback, no torch warning
+    assert "refused" in lines[0] and str(evil) in lines[0]
+    assert res.stdout == ""
 
 
 def test_a_checkpoint_for_another_architecture_names_the_first_mismatching_key(r18, cli):
@@ -101,6 +112,7 @@ def test_published_weights_come_from_torchs_hub_cache_with_their_own_transforms(
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
+@pytest.mark.timeout(60)
 def test_offline_without_the_file_fails_fast_and_says_what_to_do(how, cli, monkeypatch):
     if how == "env":
         monkeypatch.setenv("RESNET_CLASSIFY_OFFLINE", "1")
@@ -133,6 +145,7 @@ def patched_url(monkeypatch):
     registry.architectures.cache_clear()
 
 
+@pytest.mark.timeout(60)
 def test_no_network_fails_within_seconds_with_the_offline_message(patched_url, cli):
     import socket
 
@@ -170,6 +183,7 @@ def weights_server(tmp_path):
     server.server_close()
 
 
+@pytest.mark.timeout(60)
 def test_download_verifies_the_hash_and_lands_in_the_cache_atomically(weights_server, patched_url, r18, cli):
     base, served = weights_server
     body = r18.read_bytes()
@@ -187,6 +201,7 @@ def test_download_verifies_the_hash_and_lands_in_the_cache_atomically(weights_se
         top(cli(PHOTOS[0], "-a", "resnet18", "-w", r18, "-f", "jsonl"))
 
 
+@pytest.mark.timeout(60)
 def test_a_download_with_the_wrong_hash_is_rejected_and_leaves_nothing(weights_server, patched_url, r18, cli):
     base, served = weights_server
     served["/models/resnet18-00000000.pth"] = r18.read_bytes()
