@@ -9,6 +9,7 @@ the table shows medians, ratios of medians, and each configuration's peak RSS. N
     python benchmarks/bench.py --runs 5 --sets imagenet --only ours,seeds
     python benchmarks/bench.py --agreement          # bf16 / fast-decode agreement with the exact path
     python benchmarks/bench.py --memory             # peak RSS: 100 against 10,000 images
+    python benchmarks/bench.py --only ours --baseline ../old-checkout   # this code against another checkout
 """
 
 from __future__ import annotations
@@ -63,9 +64,19 @@ def prepare(work: Path, sets: list[str]) -> dict:
     return {"ckpt": str(ckpt), "onnx": str(onnx), "folders": folders}
 
 
+def cli_of(checkout: str | None) -> list[str]:
+    """The command line of resnet-classify: this checkout's console script, or another checkout's code run the
+    way the console script runs it (for before/after comparisons)."""
+    if checkout is None:
+        return [CLI]
+    code = f"import sys; sys.path.insert(0, {str(Path(checkout).resolve())!r}); from resnet_cli.cli import main; main()"
+    return [PY, "-c", code]
+
+
 def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[str]]:
     folder, ckpt, onnx = str(env["folders"][setname]), env["ckpt"], env["onnx"]
     ours = [CLI, folder, "-a", "resnet50", "-w", ckpt, "-q", "-f", "jsonl"]
+    baseline = env.get("baseline")
     out = {
         "seeds": [PY, str(HERE / "seed_loop.py"), ckpt, folder],
         "onnxruntime": [PY, str(HERE / "runtime_loop.py"), "onnxruntime", onnx, folder],
@@ -74,12 +85,21 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
         "ours --precision bf16": ours + ["--precision", "bf16"],
         "ours --fast-decode": ours + ["--fast-decode"],
     }
+    if baseline:
+        base = [*cli_of(baseline), *ours[1:]]
+        out["baseline"] = base
+        out["baseline --precision bf16"] = base + ["--precision", "bf16"]
+        out["baseline --fast-decode"] = base + ["--fast-decode"]
     if setname == "imagenet":
         out.pop("ours --fast-decode")  # nothing to gain on small images: draft mode never engages
+        out.pop("baseline --fast-decode", None)
     else:
         out.pop("openvino")
         out.pop("ours --precision bf16")
-    return {k: v for k, v in out.items() if only is None or k.split()[0] in only or k in only}
+        out.pop("baseline --precision bf16", None)
+    # --only ours keeps the baseline too: it is there to be compared with ours
+    return {k: v for k, v in out.items()
+            if only is None or k.split()[0] in only or k in only or (k.startswith("baseline") and "ours" in only)}
 
 
 def bench_set(setname: str, env: dict, runs: int, only) -> list[dict]:
@@ -101,14 +121,17 @@ def bench_set(setname: str, env: dict, runs: int, only) -> list[dict]:
                      "vs_seeds": round(med["seeds"] / med[name], 2) if "seeds" in med else None,
                      "vs_onnxruntime": round(med["onnxruntime"] / med[name], 2) if "onnxruntime" in med else None,
                      "vs_openvino": round(med["openvino"] / med[name], 2) if "openvino" in med else None,
+                     "vs_baseline": round(med["baseline"] / med[name], 2) if "baseline" in med else None,
                      "peak_rss_mb": round(rss[name])})
     return rows
 
 
 def bench_cold(env: dict, runs: int) -> list[dict]:
     one = sorted(Path(env["folders"]["imagenet"]).glob("*.jpg"))[0]
-    cmds = {"python -c 'import torch'": [PY, "-c", "import torch"],
-            "ours, one image": [CLI, str(one), "-a", "resnet50", "-w", env["ckpt"], "-f", "jsonl"]}
+    args = [str(one), "-a", "resnet50", "-w", env["ckpt"], "-f", "jsonl"]
+    cmds = {"python -c 'import torch'": [PY, "-c", "import torch"], "ours, one image": [CLI, *args]}
+    if env.get("baseline"):
+        cmds["baseline, one image"] = [*cli_of(env["baseline"]), *args]
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(runs):
         for name, cmd in cmds.items():
@@ -179,9 +202,12 @@ def main() -> None:
     ap.add_argument("--agreement", action="store_true", help="only measure bf16 / fast-decode agreement")
     ap.add_argument("--memory", action="store_true", help="only measure peak RSS, 100 vs 10,000 images")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                    help="also run the resnet-classify of another checkout (a git worktree of an older commit)")
     args = ap.parse_args()
     sets = args.sets.split(",")
     env = prepare(Path(args.work), sorted(set(sets) | {"imagenet"}))
+    env["baseline"] = args.baseline
     results: dict = {"machine": machine()}
     print(f"machine: {results['machine']}")
     if args.memory:

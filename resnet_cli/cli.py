@@ -78,7 +78,8 @@ def _route_default_command(argv: list[str]) -> list[str]:
     first = argv[0]
     if first in COMMAND_NAMES or first.split("=")[0] in TOP_LEVEL_OPTIONS:
         return argv
-    if not first.startswith("-") and "/" not in first and not os.path.lexists(first):
+    # Only a bare word can be a mistyped command: `photo.jpg` or `dir/x` that does not exist is a missing input.
+    if first.isalpha() and not os.path.lexists(first):
         close = difflib.get_close_matches(first.lower(), COMMAND_NAMES, n=1, cutoff=0.6)
         if close:
             raise UsageError(f"{first!r} is neither a file nor a command (did you mean {close[0]}?)")

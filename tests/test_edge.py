@@ -48,6 +48,13 @@ def test_a_file_named_like_a_typo_is_classified_not_refused(tmp_path, checkpoint
     assert '"path": "modles"' in res.stdout
 
 
+def test_a_missing_file_that_looks_like_a_command_is_a_missing_input(tmp_path, checkpoint, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = cli("modles.jpg", "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "jsonl")
+    assert res.code == 1 and res.jsonl() == [{"path": "modles.jpg", "error": {"type": "not_found",
+                                                                                "message": "no such file"}}]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--precision", "fp64"], "Invalid value for '--precision'"),
     (["--engine", "spark"], "Invalid value for '--engine'"),
