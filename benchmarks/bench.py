@@ -61,7 +61,13 @@ def prepare(work: Path, sets: list[str]) -> dict:
         subprocess.run([PY, str(HERE / "export_onnx.py"), str(ckpt), str(onnx)], check=True,
                        capture_output=True)
     folders = {s: make_set(s, work / s) for s in sets}
-    return {"ckpt": str(ckpt), "onnx": str(onnx), "folders": folders}
+    # evaluate's throughput: the same images as a labelled manifest (the labels do not change the work)
+    manifests = {}
+    for s, folder in folders.items():
+        manifests[s] = work / f"{s}-labels.csv"
+        rows = "".join(f"{Path(folder).name}/{p.name},0\n" for p in sorted(Path(folder).glob("*.jpg")))
+        manifests[s].write_text("path,label\n" + rows)
+    return {"ckpt": str(ckpt), "onnx": str(onnx), "folders": folders, "manifests": manifests}
 
 
 def cli_of(checkout: str | None) -> list[str]:
@@ -84,6 +90,8 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
         "ours": ours,
         "ours --precision bf16": ours + ["--precision", "bf16"],
         "ours --fast-decode": ours + ["--fast-decode"],
+        "ours evaluate": [CLI, "evaluate", str(env["manifests"][setname]), "-a", "resnet50", "-w", ckpt, "-q",
+                          "-f", "json"],
     }
     if baseline:
         base = [*cli_of(baseline), *ours[1:]]
@@ -94,6 +102,7 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
         out.pop("ours --fast-decode")  # nothing to gain on small images: draft mode never engages
         out.pop("baseline --fast-decode", None)
     else:
+        out.pop("ours evaluate")  # one set is enough to compare evaluate with classify
         out.pop("openvino")
         out.pop("ours --precision bf16")
         out.pop("baseline --precision bf16", None)

@@ -76,6 +76,8 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
     loaded = load(job.weights, offline=job.network.offline, labels_file=job.labels_file, quiet=job.quiet)
     if job.topk > loaded.num_classes:
         raise UsageError(f"--topk {job.topk} is more than the model's {loaded.num_classes} classes")
+    if job.restrict and max(job.restrict) >= loaded.num_classes:
+        raise UsageError(f"class {max(job.restrict)} is not one of the model's {loaded.num_classes} classes")
     return device, dtype, loaded
 
 
@@ -87,16 +89,19 @@ def forward_batch(device_type: str) -> int:
 
 class Predictor:
     """Callable: (N, H, W, 3) uint8 CPU tensor -> (top-k probabilities, top-k indices), float32/int64 on CPU.
-    Any N: the network runs on chunks of `forward_batch` images, the last one padded."""
+    Any N: the network runs on chunks of `forward_batch` images, the last one padded. With `restrict` (class
+    indices), the prediction is among those classes only: softmax over their logits, as timm's
+    `--valid-labels` does."""
 
     def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype,
-                 topk: int) -> None:
+                 topk: int, restrict: tuple[int, ...] | None = None) -> None:
         from . import fused
 
         self.preprocess = preprocess
         self.device = device
         self.dtype = dtype
         self.topk = topk
+        self.restrict = None if restrict is None else torch.tensor(sorted(restrict), device=device)
         self.chunk = forward_batch(device.type)
         if device.type == "cpu" and fused.available():
             self.forward = fused.FusedResNet(module, dtype, self.chunk, preprocess.crop)
@@ -120,8 +125,10 @@ class Predictor:
         values, indices = [], []
         for part in batch_u8.split(self.chunk):
             x = normalize(part, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
-            probs = torch.softmax(self.forward(x).float(), dim=1)
-            v, i = probs.topk(self.topk, dim=1)
+            logits = self.forward(x).float()
+            if self.restrict is not None:
+                logits = logits[:, self.restrict]
+            v, i = torch.softmax(logits, dim=1).topk(self.topk, dim=1)
             values.append(v)
-            indices.append(i)
+            indices.append(i if self.restrict is None else self.restrict[i])
         return torch.cat(values)[:n].cpu(), torch.cat(indices)[:n].cpu()

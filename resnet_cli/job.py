@@ -52,6 +52,7 @@ class Job:
     quiet: bool = False
     engine: Engine = Engine.local
     ray_address: str | None = None
+    restrict: tuple[int, ...] | None = None  # predict among these class indices only (evaluate --restrict)
 
 
 def default_batch_size(batch_size: int | None, device_type: str) -> int:
@@ -76,12 +77,16 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
              workers: int | None = None, recursive: bool = False, null_separated: bool = False,
              offline: bool = False, labels: str | None = None, fast_decode: bool = False,
              resize: int | None = None, crop: int | None = None, quiet: bool = False,
-             engine: Engine = Engine.local, ray_address: str | None = None) -> Job:
+             engine: Engine = Engine.local, ray_address: str | None = None, sources=None,
+             restrict: tuple[int, ...] | None = None) -> Job:
     """Check the options that involve each other and build the job. Raises UsageError. Listing has not
-    started: the engine starts it (`Listing.start`) when it is ready to consume."""
+    started: the engine starts it (`Listing.start`) when it is ready to consume. `sources`: sources listed
+    already (evaluate's labelled images), taken in place of listing `inputs`."""
     precision, engine = Precision(precision), Engine(engine)
     device = check_device(device, precision, engine)
     resolved = resolve(arch, weights, resize, crop)
+    if restrict is not None and topk > len(restrict):
+        raise UsageError(f"--topk {topk} is more than the {len(restrict)} classes predictions are restricted to")
     if resolved.num_classes is not None and topk > resolved.num_classes:
         raise UsageError(f"--topk {topk} is more than the model's {resolved.num_classes} classes")
     if "-" in inputs and sys.stdin is None:
@@ -98,7 +103,11 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
 
     ensure_available(resolved, offline=offline)  # offline without the weights: fail before any input is read
     network = Network(offline=offline)
-    listing = Listing(inputs, recursive=recursive, null_separated=null_separated, network=network)
+    if sources is not None:
+        listing = Listing.of(sources, network=network)
+    else:
+        listing = Listing(inputs, recursive=recursive, null_separated=null_separated, network=network)
     return Job(inputs=listing, weights=resolved, topk=topk, device=device, precision=precision,
                batch_size=batch_size, workers=workers, fast_decode=fast_decode, network=network,
-               labels_file=labels, quiet=quiet, engine=engine, ray_address=ray_address)
+               labels_file=labels, quiet=quiet, engine=engine, ray_address=ray_address,
+               restrict=None if restrict is None else tuple(sorted(restrict)))

@@ -82,6 +82,12 @@ def categories() -> tuple[str, ...]:
     return tuple(_data()["categories"])
 
 
+@functools.lru_cache(maxsize=1)
+def wnids() -> tuple[str, ...]:
+    """The WordNet id of each ImageNet-1K class (n01440764, ...), in class-index order."""
+    return tuple(_data()["wnids"])
+
+
 def _weights_spec(arch: str, enum: str, name: str, w: dict) -> WeightsSpec:
     pre = Preprocess(
         resize=w["resize"],

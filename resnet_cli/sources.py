@@ -159,6 +159,15 @@ class Listing:
         self.listed = 0
         self.total: int | None = None
 
+    @classmethod
+    def of(cls, sources: Iterable[Source], network: Network = Network()) -> "Listing":
+        """A listing of sources found already (a labelled data set's images), under the run's network policy:
+        offline, a network input fails without a request."""
+        listing = cls((), network=network)
+        listing._sources = (s if s.error is not None or network.allows(s.path) else Source(s.path, network.refusal())
+                            for s in sources)
+        return listing
+
     def start(self) -> "Listing":
         with self._lock:
             if not self._started:

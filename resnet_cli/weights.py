@@ -12,7 +12,10 @@ unpickling would run code is refused and its code never runs.
 
 from __future__ import annotations
 
+import collections
+import io
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +165,78 @@ def build_model(arch: ArchSpec, state_dict: dict, source: str):
     return model.eval()
 
 
+def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str, ...]:
+    """The names of the model's classes, as its records will give them: the --labels file's, else ImageNet's
+    for published weights and 1000-class checkpoints, else class_N. A checkpoint without --labels is read to
+    count its classes."""
+    num_classes = weights.num_classes
+    if num_classes is None:
+        shape = head_shape(weights.name)
+        if shape is None:  # a layout the quick reader does not know: read it whole
+            fc = read_state_dict(weights.name).get("fc.weight")
+            shape = None if fc is None else tuple(fc.shape)
+        if shape is None or len(shape) != 2:
+            raise UsageError(f"checkpoint {weights.name} does not fit {weights.arch.name}: it has no fc.weight head")
+        num_classes = shape[0]
+    return _labels(num_classes, labels_file)
+
+
+def head_shape(path: str) -> tuple[int, ...] | None:
+    """The shape of a checkpoint's fc.weight, read without torch and without its tensors: from a .safetensors
+    header, or from the pickle inside a .pth zip through an unpickler that builds nothing but shapes (it
+    knows three torch names and refuses every other, so no code in the file can run). None when the file is
+    in neither form or holds no fc.weight (the caller then reads it the usual way)."""
+    import json
+    import struct
+    import zipfile
+
+    try:
+        if path.endswith(".safetensors"):
+            with open(path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            shapes = {k: tuple(v["shape"]) for k, v in header.items() if isinstance(v, dict) and "shape" in v}
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+                shapes = _ShapeUnpickler(io.BytesIO(z.read(name))).load()
+        else:
+            return None
+    except Exception:  # anything unexpected: the usual reading decides, with its own messages
+        return None
+    for key in ("state_dict", "model"):
+        if isinstance(shapes, dict) and isinstance(shapes.get(key), dict):
+            shapes = shapes[key]
+    if not isinstance(shapes, dict):
+        return None
+    shape = shapes.get("fc.weight", shapes.get("module.fc.weight"))
+    return tuple(shape) if isinstance(shape, tuple) else None
+
+
+class _ShapeUnpickler(pickle.Unpickler):
+    """Unpickles torch.save's data.pkl into {name: shape}: tensors become their size tuple, storages nothing."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
+            return lambda storage, offset, size, *rest: tuple(size)
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return lambda data, *rest: data
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name.endswith("Storage"):
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name} is not read here")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def _labels(num_classes: int, labels_file: str | None) -> tuple[str, ...]:
+    if labels_file:
+        return read_labels(labels_file, num_classes)
+    return categories() if num_classes == len(categories()) else tuple(f"class_{i}" for i in range(num_classes))
+
+
 def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -194,11 +269,4 @@ def load(weights: Resolved, *, offline: bool = False, labels_file: str | None = 
     else:
         state = read_state_dict(weights.name)
     module = build_model(weights.arch, state, weights.name)
-    num_classes = module.fc.out_features
-    if labels_file:
-        labels = read_labels(labels_file, num_classes)
-    elif num_classes == len(categories()):
-        labels = categories()
-    else:
-        labels = tuple(f"class_{i}" for i in range(num_classes))
-    return LoadedModel(weights, labels, module)
+    return LoadedModel(weights, _labels(module.fc.out_features, labels_file), module)

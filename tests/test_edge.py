@@ -179,3 +179,12 @@ def test_offline_under_ray_sends_no_request(checkpoint, cli):
         assert res.code == 0 and hits == ["/photo.png"]
     finally:
         server.shutdown()
+
+
+def test_cloud_inputs_without_pyarrow_are_a_usage_error_naming_the_extra(cli, monkeypatch, checkpoint):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what the import meets when pyarrow is not installed
+    res = cli("s3://bucket/photos/", "-a", "resnet18", "-w", checkpoint("resnet18"))
+    assert res.code == 2 and "pip install 'resnet-classify[cloud]'" in res.stderr and res.stdout == b""
+    # offline, nothing would be read: no pyarrow needed, the input is a failure record
+    res = cli("s3://bucket/photo.jpg", "-a", "resnet18", "-w", checkpoint("resnet18"), "--offline", "-f", "jsonl")
+    assert res.code == 1 and res.jsonl()[0]["error"]["type"] == "download_failed"

@@ -85,3 +85,11 @@ def test_unknown_architecture_suggests_the_closest():
 def test_the_weights_name_alone_picks_the_architecture():
     assert resolve.resolve(None, "Wide_ResNet101_2_Weights.IMAGENET1K_V2").arch.name == "wide_resnet101_2"
     assert resolve.resolve(None, "IMAGENET1K_V2").arch.name == "resnet50"  # a bare name: the default arch
+
+
+def test_wordnet_ids_are_timms_imagenet_synsets_in_class_order():
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    assert registry.wnids() == tuple(info.label_names())
+    assert registry.wnids()[285] == "n02124075" and registry.categories()[285] == "Egyptian cat"

@@ -209,3 +209,40 @@ def test_a_download_with_the_wrong_hash_is_rejected_and_leaves_nothing(weights_s
     res = cli(PHOTOS[0], "-a", "resnet18", "-q")
     assert res.code == 2 and "hash mismatch" in res.stderr
     assert list(cache_dir().iterdir()) == []  # no file, no temporary left behind
+
+
+def test_the_head_shape_is_read_without_torch_and_without_running_code(r18, tmp_path):
+    """evaluate learns a checkpoint's class count before torch is imported; a file whose pickle would run code
+    gives no answer from the quick reader (and is then refused by the usual, weights_only, reading)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    from resnet_cli.weights import head_shape
+
+    sd = torch.load(r18, weights_only=True)
+    sd["fc.weight"] = torch.zeros(7, 512)
+    layouts = {
+        "bare.pth": sd,
+        "wrapped.pth": {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3},
+        "model.pth": {"model": sd, "optimizer": {"lr": 0.1}},
+    }
+    for name, obj in layouts.items():
+        torch.save(obj, tmp_path / name)
+        assert head_shape(str(tmp_path / name)) == (7, 512), name
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "w.safetensors")
+    assert head_shape(str(tmp_path / "w.safetensors")) == (7, 512)
+    code = f"import sys; from resnet_cli.weights import head_shape; head_shape({str(tmp_path / 'bare.pth')!r}); " \
+           "sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"fc.weight": torch.zeros(2, 512), "hook": Payload()}, tmp_path / "evil.pth")
+    assert head_shape(str(tmp_path / "evil.pth")) is None
+    assert not marker.exists()

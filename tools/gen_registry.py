@@ -1,4 +1,4 @@
-"""Regenerate resnet_cli/data/registry.json from the installed torchvision.
+"""Regenerate resnet_cli/data/registry.json from the installed torchvision (and timm, for the WordNet ids).
 
 The registry is data in the project so that the classify path never imports torchvision (3.7 s with torch).
 tests/test_registry.py proves the file equals torchvision's weights enums field by field; run this script
@@ -72,6 +72,16 @@ def weight_entry(w) -> dict:
     }
 
 
+def wnids() -> list[str]:
+    """The WordNet id of each ImageNet-1K class in class-index order, from the synset list timm ships (the
+    order of the ILSVRC-2012 class folders, which is torchvision's class order)."""
+    from timm.data import ImageNetInfo
+
+    ids = list(ImageNetInfo("imagenet-1k").label_names())
+    assert len(ids) == 1000 and all(i.startswith("n") for i in ids)
+    return ids
+
+
 def main() -> None:
     categories = None
     archs = {}
@@ -84,7 +94,8 @@ def main() -> None:
             assert list(w.meta["categories"]) == categories, f"{name}.{w.name}: other categories"
             weights[w.name] = weight_entry(w)
         archs[name] = {**arch_config(name), "enum": enum.__name__, "default": enum.DEFAULT.name, "weights": weights}
-    data = {"torchvision": torchvision.__version__.split("+")[0], "categories": categories, "architectures": archs}
+    data = {"torchvision": torchvision.__version__.split("+")[0], "categories": categories, "wnids": wnids(),
+            "architectures": archs}
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {OUT}: {len(archs)} architectures, {sum(len(a['weights']) for a in archs.values())} weights")
 

@@ -23,7 +23,8 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
 
         device, dtype, loaded = load_for(job)
         batch_size = default_batch_size(job.batch_size, device.type)
-        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype, topk=job.topk)
+        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype, topk=job.topk,
+                              restrict=job.restrict)
         yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
                             stop=stop)
     finally:

@@ -98,7 +98,7 @@ class Classifier:
     With `decode`, it takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
 
     def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, decode: bool = False,
-                 fast_decode: bool = False, network=None) -> None:
+                 fast_decode: bool = False, network=None, restrict=None) -> None:
         import ray
         import torch
 
@@ -112,7 +112,8 @@ class Classifier:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
         module = build_model(arch, state, "the driver's model")
-        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype, topk=topk)
+        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype, topk=topk,
+                                   restrict=restrict)
         self.preprocess = preprocess
         self.topk = topk
         self.decode = decode
@@ -254,7 +255,7 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
         fn_constructor_kwargs={
             "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
             "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "topk": job.topk,
-            "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network,
+            "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network, "restrict": job.restrict,
         })
 
 

@@ -1,0 +1,340 @@
+"""`resnet-classify evaluate`: how good is each network on my labelled photos?
+
+    DATA (labelled.read) --> labels matched to the model's classes (labelled.match) --> job.make_job
+        --> engines.records(job) --> metrics.Evaluation, --predictions, --confusion --> table or JSON
+
+The same pipeline and batches as classify, one model after another; memory holds the confusion matrix and the
+misclassified and failed images, nothing per correct image. The metrics' definitions: metrics.py.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from ..console import eprint, isatty, print_data, progress_bar
+from ..errors import UsageError
+from ..job import Engine, Precision, make_job
+from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
+                       QuietOpt, RayAddressOpt, ResizeOpt, WorkersOpt)
+from ..signals import StopSignals
+
+
+class EvaluateFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+
+
+def command(
+    data: Annotated[str, typer.Argument(
+        metavar="DATA", show_default=False,
+        help="A folder of class folders (DATA/<class>/*.jpg), or a .csv or .jsonl manifest with path and label "
+        "columns. A class is named by its index, its WordNet id (n02124075) or its name.")],
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", "-a", metavar="ARCH[,ARCH...]", show_default=False,
+        help="Architecture, or several separated by commas for a leaderboard. Default: resnet50, or the one "
+        "--weights names.")] = None,
+    weights: Annotated[str, typer.Option(
+        "--weights", "-w", metavar="WEIGHTS[,WEIGHTS...]",
+        help="Published weights or a checkpoint file, as classify takes them; several separated by commas.")]
+    = "DEFAULT",
+    format: Annotated[Optional[EvaluateFormat], typer.Option(
+        "--format", "-f", case_sensitive=False, show_default=False,
+        help="Default: a table on a terminal, else json; with --output, json for .json, else table.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", metavar="FILE", show_default=False,
+        help="Write the results to FILE (atomically) instead of stdout.")] = None,
+    predictions: Annotated[Optional[str], typer.Option(
+        "--predictions", metavar="FILE.jsonl", show_default=False,
+        help="Also write each image's record (classify's schema plus \"label\", the true class).")] = None,
+    confusion: Annotated[Optional[str], typer.Option(
+        "--confusion", metavar="FILE.csv|FILE.png", show_default=False,
+        help="Also write the confusion matrix: counts as CSV, or a picture normalised by row (needs "
+        "pip install 'resnet-classify[plot]'). With several models, one file each, named after the model.")]
+    = None,
+    restrict: Annotated[bool, typer.Option(
+        "--restrict", help="Predict among the classes present in DATA only (for a subset of ImageNet).")] = False,
+    labels: LabelsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
+    fast_decode: FastDecodeOpt = False,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    workers: WorkersOpt = None,
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Measure accuracy on labelled images: top-1/top-5, per-class precision/recall/F1, confusion matrix."""
+    from .. import labelled
+    from ..resolve import resolve
+    from ..writers import AtomicFile, Format
+
+    fmt = format or (EvaluateFormat.json if (output or "").lower().endswith(".json") or
+                     (not output and not isatty(sys.stdout)) else EvaluateFormat.table)
+    if output:
+        from .classify import check_writable
+
+        check_writable(output)
+    if predictions and not predictions.lower().endswith((".jsonl", ".ndjson")):
+        raise UsageError(f"--predictions {predictions}: give a .jsonl file")
+    if confusion:
+        _check_confusion(confusion)
+    models = _models(arch, weights)
+    data_set = labelled.read(data)
+    if data_set.left_out and not quiet:
+        eprint(f"{data}: {data_set.left_out} file(s) directly in DATA belong to no class folder and are left out")
+    runs = []
+    for model_arch, model_weights in models:
+        resolved = resolve(model_arch, model_weights, resize, crop)  # every model checked before any is run
+        runs.append(resolved)
+    results, code = [], 0
+    pred_file = AtomicFile(predictions) if predictions else None
+    try:
+        for resolved in runs:
+            result, run_code = _evaluate(resolved, data_set, restrict=restrict, labels=labels, batch_size=batch_size,
+                                         device=device, precision=precision, fast_decode=fast_decode,
+                                         resize=resize, crop=crop, workers=workers, offline=offline, quiet=quiet,
+                                         engine=engine, ray_address=ray_address, predictions=pred_file,
+                                         several=len(runs) > 1)
+            results.append(result)
+            code = max(code, run_code)
+            if confusion:
+                _write_confusion(_confusion_path(confusion, result, len(runs) > 1), result)
+            if run_code >= 128:
+                break  # interrupted: the models not started yet are not run
+        if pred_file is not None:
+            pred_file.commit()
+            pred_file = None
+    finally:
+        if pred_file is not None:
+            pred_file.abort()
+    _print(results, fmt, output)
+    raise typer.Exit(code)
+
+
+def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
+    """(arch, weights) of each model: one list broadcast over a single value of the other, or two lists of the
+    same length paired."""
+    archs = [a.strip() for a in arch.split(",") if a.strip()] if arch else [None]
+    weight_list = [w.strip() for w in weights.split(",") if w.strip()] or ["DEFAULT"]
+    if len(archs) > 1 and len(weight_list) > 1 and len(archs) != len(weight_list):
+        raise UsageError(f"--arch lists {len(archs)} models and --weights {len(weight_list)}: give one of them "
+                         "once, or both with as many entries")
+    n = max(len(archs), len(weight_list))
+    return [(archs[i if len(archs) > 1 else 0], weight_list[i if len(weight_list) > 1 else 0]) for i in range(n)]
+
+
+def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
+              crop, workers, offline, quiet, engine, ray_address, predictions, several: bool) -> tuple[dict, int]:
+    from .. import engines, labelled, registry
+    from ..metrics import Evaluation
+    from ..weights import class_names
+    from ..writers import dumps
+
+    classes = class_names(resolved, labels)
+    wnids = registry.wnids() if classes == registry.categories() else None
+    name = resolved.arch.name
+    found = labelled.match(data_set.labels, classes, wnids, model=name)
+    truth = [found[label] for label in data_set.labels]
+    present = sorted(set(truth))
+    topk = min(5, len(present) if restrict else len(classes))
+    job = make_job([], sources=data_set.sources, arch=resolved.arch.name, weights=resolved.name, topk=topk,
+                   device=device, precision=precision, batch_size=batch_size, workers=workers, offline=offline,
+                   labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
+                   ray_address=ray_address, restrict=tuple(present) if restrict else None)
+    evaluation = Evaluation(present, classes)
+    show_bar = not quiet and isatty(sys.stderr)
+    bar = progress_bar(sys.stderr) if show_bar else None
+    start = time.perf_counter()
+    with StopSignals().installed() as stop:
+        records = engines.records(job, stop.event)
+        try:
+            if bar is not None:
+                bar.start()
+                task = bar.add_task(f"evaluating {name}" if several else "evaluating", total=len(truth))
+            for record, true_index in zip(records, truth):
+                evaluation.add(record, true_index)
+                if predictions is not None:
+                    predictions.file.write((dumps({**record.to_dict(), "label": classes[true_index]}) + "\n")
+                                           .encode("utf-8"))
+                if not record.ok and not quiet:
+                    from .classify import failure_line
+
+                    line = failure_line(record)
+                    bar.console.print(f"resnet-classify: {line}", markup=False) if bar else eprint(line)
+                if bar is not None:
+                    bar.advance(task)
+        finally:
+            records.close()
+            if bar is not None:
+                bar.stop()
+        seconds = time.perf_counter() - start
+        code = stop.exit_code(len(evaluation.failures))
+    if stop.signum is not None:
+        eprint(f"interrupted: the results cover the first {evaluation.images} of {len(truth)} images")
+    summary = evaluation.summary()
+    result = {"arch": name, "weights": resolved.name, **summary,
+              "images_per_second": round(summary["evaluated"] / seconds, 2) if seconds > 0 else None}
+    result["_resolved"] = resolved  # for the leaderboard's size columns; not part of the JSON
+    return result, int(code)
+
+
+def _model_size(resolved) -> dict:
+    """Parameters and GFLOPS for the leaderboard: torchvision's published figures, or counted on the
+    architecture at the crop used (a checkpoint, or another crop)."""
+    if resolved.spec is not None and resolved.preprocess.crop == resolved.spec.preprocess.crop:
+        return {"params": resolved.spec.num_params, "gflops": resolved.spec.gflops}
+    from ..explorer import describe
+
+    size = resolved.preprocess.crop
+    d = describe(resolved.arch.name, (size, size))
+    return {"params": d["params_total"], "gflops": round(d["macs_total"] / 1e9, 3)}
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def _print(results: list[dict], fmt: EvaluateFormat, output: str | None) -> None:
+    from ..writers import AtomicFile, dumps
+
+    if fmt is EvaluateFormat.json:
+        doc = _public(results[0]) if len(results) == 1 else [_public(r) for r in results]
+        text = dumps(doc) + "\n"
+        if output:
+            atomic = AtomicFile(output)
+            atomic.file.write(text.encode("utf-8"))
+            atomic.commit()
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return
+
+    def render(console) -> None:
+        if len(results) > 1:
+            _leaderboard(results, console)
+        else:
+            _report(results[0], console)
+
+    if output:
+        from ..console import data_console
+
+        console = data_console(highlight=False, width=120)
+        with console.capture() as captured:
+            render(console)
+        atomic = AtomicFile(output)
+        atomic.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()).encode("utf-8"))
+        atomic.commit()
+    else:
+        print_data(render)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "" if ci is None else f"[dim](95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})[/]"
+
+
+def _report(r: dict, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(f"[bold]{escape(r['arch'])}[/]  [dim]{escape(r['weights'])}[/]")
+    console.print(f"{r['images']} images: {r['evaluated']} evaluated, {r['failed']} failed"
+                  + (f", {r['images_per_second']} images/s" if r["images_per_second"] else ""))
+    console.print(f"acc@1 [bold]{_pct(r['top1'])}[/] {_ci(r['top1_ci'])}   acc@5 [bold]{_pct(r['top5'])}[/] "
+                  f"{_ci(r['top5_ci'])}")
+    console.print(f"macro    precision {r['macro']['precision']:.3f}  recall {r['macro']['recall']:.3f}  "
+                  f"F1 {r['macro']['f1']:.3f}")
+    console.print(f"weighted precision {r['weighted']['precision']:.3f}  recall {r['weighted']['recall']:.3f}  "
+                  f"F1 {r['weighted']['f1']:.3f}")
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), title_justify="left")
+    for col, justify in (("class", "left"), ("index", "right"), ("support", "right"), ("precision", "right"),
+                         ("recall", "right"), ("F1", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for c in r["classes"]:
+        table.add_row(escape(c["label"]), str(c["index"]), str(c["support"]), f"{c['precision']:.3f}",
+                      f"{c['recall']:.3f}", f"{c['f1']:.3f}")
+    console.print()
+    console.print(table)
+    if r["misclassified"]:
+        console.print()
+        console.print(f"[bold]misclassified[/] ({len(r['misclassified'])}; all of them with --format json)")
+        for m in r["misclassified"][:10]:
+            console.print(f"  {escape(m['path'])}: {escape(m['label'])} → {escape(m['predicted'])} "
+                          f"({_pct(m['probability'])})", soft_wrap=True)
+    for f in r["failures"]:
+        console.print(f"  [red]✗[/] {escape(f['path'])}: {f['error']['type']}: {escape(f['error']['message'])}",
+                      soft_wrap=True)
+
+
+def _leaderboard(results: list[dict], console) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col, justify in (("arch", "left"), ("weights", "left"), ("acc@1", "right"), ("acc@5", "right"),
+                         ("images/s", "right"), ("params", "right"), ("GFLOPS", "right"), ("failed", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for r in sorted(results, key=lambda r: -r["top1"]):
+        size = _model_size(r["_resolved"])
+        table.add_row(escape(r["arch"]), escape(r["weights"]), _pct(r["top1"]), _pct(r["top5"]),
+                      "" if r["images_per_second"] is None else f"{r['images_per_second']:.1f}",
+                      f"{size['params'] / 1e6:.1f} M", f"{size['gflops']:.2f}", str(r["failed"]))
+    console.print(table)
+    console.print(f"[dim]{results[0]['images']} images; sorted by acc@1. Per-class metrics: --format json.[/]")
+
+
+def _check_confusion(path: str) -> None:
+    ext = path.lower().rsplit(".", 1)[-1]
+    if ext not in ("csv", "png"):
+        raise UsageError(f"--confusion {path}: give a .csv (counts) or .png (picture) file")
+    if ext == "png":
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--confusion FILE.png needs matplotlib: pip install 'resnet-classify[plot]'")
+
+
+def _confusion_path(path: str, result: dict, several: bool) -> str:
+    if not several:
+        return path
+    stem, dot, ext = path.rpartition(".")
+    weights = result["weights"].rsplit("/", 1)[-1].replace(".", "_")
+    return f"{stem}-{result['arch']}-{weights}.{ext}"
+
+
+def _write_confusion(path: str, result: dict) -> None:
+    from ..writers import AtomicFile
+
+    labels, matrix = result["confusion"]["labels"], result["confusion"]["matrix"]
+    atomic = AtomicFile(path)
+    try:
+        if path.lower().endswith(".csv"):
+            import csv
+            import io
+
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["label", *labels, "other"])
+            for label, row in zip(labels, matrix):
+                writer.writerow([label, *row])
+            atomic.file.write(buf.getvalue().encode("utf-8"))
+        else:
+            from ..plots import confusion_png
+
+            confusion_png(atomic.file, labels, matrix, title=f"{result['arch']} · {result['weights']}")
+        atomic.commit()
+    except BaseException:
+        atomic.abort()
+        raise

@@ -1,0 +1,153 @@
+"""Labelled images, for `evaluate`: where they are, and which of the model's classes each label names.
+
+DATA is
+- a folder with one subfolder per class (torchvision's ImageFolder layout, `DATA/<class>/*.jpg`): class folders
+  sorted by name, each listed like an input folder (image files, sorted, subfolders included); files directly
+  in DATA belong to no class and are left out (with a note on stderr);
+- or a manifest: `.csv` with `path` and `label` columns, or `.jsonl` with `{"path", "label"}` objects, one image
+  a row, paths relative to the manifest's folder (absolute paths and URLs as they are).
+
+A label names a class of the model by
+- its index (`285`),
+- its ImageNet WordNet id (`n02124075`, the layout of the ImageNet validation set as people reorganise it),
+  for a model with ImageNet-1K's classes,
+- or its name, case-insensitively, with spaces, underscores and hyphens alike (`egyptian_cat`, `Egyptian cat`).
+A label that names no class, or names several (a custom labels file may repeat a name; torchvision's ImageNet
+names are unique), is a usage error before any image is read, naming each such label with the closest class
+names.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .net import is_url
+from .sources import Source, expand
+
+_WNID = re.compile(r"n\d{8}")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    sources: list[Source]  # in order; a source may carry its listing error
+    labels: list[str]  # the label of each source, as written in DATA
+    left_out: int = 0  # files directly in a class-folder DATA, in no class
+
+
+def read(data: str, *, recursive: bool = True) -> Dataset:
+    """The labelled images DATA names (module docstring); a usage error when it is neither layout."""
+    if os.path.isdir(data):
+        return _read_folder(data, recursive)
+    if not os.path.exists(data):
+        raise UsageError(f"{data}: no such folder or manifest")
+    ext = os.path.splitext(data)[1].lower()
+    if ext == ".csv":
+        rows = _read_csv(data)
+    elif ext in (".jsonl", ".ndjson"):
+        rows = _read_jsonl(data)
+    else:
+        raise UsageError(f"{data}: give a folder of class folders, or a .csv or .jsonl manifest with path and "
+                         "label columns")
+    base = os.path.dirname(data)
+    sources, labels = [], []
+    for path, label in rows:
+        if not (os.path.isabs(path) or is_url(path) or "://" in path):
+            path = os.path.join(base, path)
+        sources.append(Source(path))
+        labels.append(label)
+    if not sources:
+        raise UsageError(f"{data}: the manifest lists no images")
+    return Dataset(sources, labels)
+
+
+def _read_folder(data: str, recursive: bool) -> Dataset:
+    sources, labels, left_out = [], [], 0
+    with os.scandir(data) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            for src in expand([os.path.join(data, entry.name)], recursive=recursive):
+                sources.append(src)
+                labels.append(entry.name)
+        else:
+            left_out += 1
+    if not sources:
+        raise UsageError(f"{data}: no images in class folders (expected DATA/<class>/<image>)")
+    return Dataset(sources, labels, left_out)
+
+
+def _read_csv(path: str) -> list[tuple[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise UsageError(f"{path}: the manifest needs path and label columns (missing: "
+                                 f"{', '.join(sorted(missing))})")
+            return [(row["path"], row["label"]) for row in reader if row["path"]]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{path}: cannot read the manifest ({exc})") from None
+
+
+def _read_jsonl(path: str) -> list[tuple[str, str]]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    rows.append((str(obj["path"]), str(obj["label"])))
+                except (ValueError, KeyError, TypeError):
+                    raise UsageError(f"{path}: line {number} is not a {{\"path\", \"label\"}} object") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the manifest ({exc})") from None
+    return rows
+
+
+def _normal(name: str) -> str:
+    return " ".join(re.split(r"[\s_\-]+", name.strip())).casefold()
+
+
+def match(names: Iterable[str], classes: tuple[str, ...], wnids: tuple[str, ...] | None = None,
+          model: str = "the model") -> dict[str, int]:
+    """{label: class index} for every distinct label; one usage error listing every label that names no
+    class or several. `wnids`: the WordNet id of each class, when the classes are ImageNet-1K's."""
+    by_name: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_name.setdefault(_normal(c), []).append(i)
+    by_wnid = {w: i for i, w in enumerate(wnids)} if wnids else {}
+    found: dict[str, int] = {}
+    problems: list[str] = []
+    for name in dict.fromkeys(names):
+        text = name.strip()
+        if text.isdigit() and int(text) < len(classes):
+            found[name] = int(text)
+        elif _WNID.fullmatch(text) and text in by_wnid:
+            found[name] = by_wnid[text]
+        elif len(hits := by_name.get(_normal(text), [])) == 1:
+            found[name] = hits[0]
+        elif hits:
+            problems.append(f"{name!r} names {len(hits)} classes ({', '.join(map(str, hits))}): use the index"
+                            + (" or the WordNet id" if wnids else ""))
+        else:
+            close = difflib.get_close_matches(_normal(text), list(by_name), n=3, cutoff=0.6)
+            names_close = [classes[by_name[c][0]] for c in close]
+            hint = f" (did you mean {' or '.join(repr(c) for c in names_close)}?)" if names_close else ""
+            problems.append(f"{name!r} names no class of {model}{hint}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        forms = "a class index, a WordNet id (n02124075) or a class name" if wnids else "a class index or a class name"
+        raise UsageError("labels that name no single class: " + "; ".join(problems[:5]) + more +
+                         f". A label is {forms}")
+    return found
