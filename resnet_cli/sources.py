@@ -131,13 +131,16 @@ def expand(args: Iterable[str], *, recursive: bool = False, null_separated: bool
 
 
 _END = object()
+# How far listing may run ahead of the consumer: far enough to know the total of any ordinary job at once (for
+# the progress bar), bounded so that memory stays flat for a stream of millions of paths (~250 bytes each).
+LOOKAHEAD = 100_000
 
 
 class Listing:
     """The sources of a run, listed once, in a thread of their own that runs ahead of whoever consumes them
-    (the decoder, or the Ray driver). `total` is the number of inputs once listing is complete (None before,
-    and for stdin until it ends), for the progress bar: nothing is listed twice. Held in memory are only the
-    sources listed and not yet consumed: a path each, as a folder's sorted listing already is.
+    (the decoder, or the Ray driver), by at most LOOKAHEAD sources. `total` is the number of inputs once
+    listing is complete (None before, and for stdin until it ends), for the progress bar: nothing is listed
+    twice.
 
     Sources in `skip` (the paths `--resume` keeps) are not yielded, but their place is: `order` receives, in
     input order, the path of each skipped input and None for each yielded one, so that the kept records can
@@ -152,7 +155,7 @@ class Listing:
                                stdin=stdin)
         self.skip = skip  # may be set until listing starts
         self.order: queue.SimpleQueue = queue.SimpleQueue()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.Queue = queue.Queue(maxsize=LOOKAHEAD)
         self._closed = threading.Event()
         self._started = False
         self._lock = threading.Lock()
@@ -175,7 +178,17 @@ class Listing:
                 threading.Thread(target=self._list, name="list-inputs", daemon=True).start()
         return self
 
+    def _put(self, item) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def _list(self) -> None:
+        resuming = bool(self.skip)
         try:
             for src in self._sources:
                 if self._closed.is_set():
@@ -183,14 +196,16 @@ class Listing:
                 self.listed += 1
                 if src.path in self.skip:
                     self.order.put(src.path)
-                else:
+                    continue
+                if resuming:
                     self.order.put(None)  # before the source: its record never arrives before its place
-                    self._queue.put(src)
+                if not self._put(src):
+                    return
             self.total = self.listed
         except BaseException as exc:  # re-raised in the consumer
-            self._queue.put(exc)
+            self._put(exc)
         finally:
-            self._queue.put(_END)
+            self._put(_END)
 
     def __iter__(self) -> Iterator[Source]:
         self.start()

@@ -153,27 +153,3 @@ def test_a_second_signal_ends_a_long_forward_pass_at_once(many, checkpoint, tmp_
     assert proc.returncode == 128 + first, err.decode()  # the exit code of the signal that stopped the run
     assert b"resnet-classify: interrupted" in err and b"Traceback" not in err
     assert 64 <= len(records(out)) < N_IMAGES  # every line complete JSON
-
-
-def test_resume_refuses_a_file_it_did_not_write_and_leaves_it_alone(checkpoint, tmp_path):
-    from resnet_cli.cli import run
-
-    notes = tmp_path / "notes.log"
-    notes.write_text("precious line 1\nprecious line 2\n")
-    code = run([str(PHOTOS[0]), "-a", "resnet18", "-w", str(checkpoint("resnet18")), "-o", str(notes), "--resume"])
-    assert code == 2
-    assert notes.read_text() == "precious line 1\nprecious line 2\n"
-
-
-def test_resume_refuses_to_mix_another_preprocessing_or_topk(checkpoint, tmp_path):
-    from resnet_cli.cli import run
-
-    out = tmp_path / "p.jsonl"
-    args = [str(PHOTOS[0]), "-a", "resnet18", "-w", str(checkpoint("resnet18")), "-o", str(out)]
-    assert run(args) == 0
-    before = out.read_bytes()
-    assert run([*args, "--resume", "--crop", "192"]) == 2
-    assert run([*args, "--resume", "-k", "3"]) == 2
-    assert out.read_bytes() == before
-    assert run([*args, str(PHOTOS[1]), "--resume"]) == 0
-    assert len(records(out)) == 2
