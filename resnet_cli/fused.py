@@ -107,6 +107,10 @@ class FusedResNet:
             self.fc_bias = model.fc.bias.detach().to(dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
+        return F.linear(self.features(x), self.fc_weight, self.fc_bias).float()
+
+    def features(self, x: Tensor) -> Tensor:
+        """The globally average-pooled layer4 map, (N, channels), in the run's dtype."""
         x = F.max_pool2d(self.stem(x), kernel_size=3, stride=2, padding=1)
         for main, last, down in self.blocks:
             # The residual buffer receives the block's output. The first block's input is the max-pool's fresh
@@ -117,5 +121,4 @@ class FusedResNet:
             for conv in main:
                 out = conv(out)
             x = last.add_relu_into(out, residual)
-        x = x.mean((2, 3))
-        return F.linear(x, self.fc_weight, self.fc_bias).float()
+        return x.mean((2, 3))

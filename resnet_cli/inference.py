@@ -103,6 +103,7 @@ class Predictor:
         self.topk = topk
         self.restrict = None if restrict is None else torch.tensor(sorted(restrict), device=device)
         self.chunk = forward_batch(device.type)
+        self.feature_dim = module.fc.in_features  # the length of `embed`'s vectors
         if device.type == "cpu" and fused.available():
             self.forward = fused.FusedResNet(module, dtype, self.chunk, preprocess.crop)
         else:
@@ -112,8 +113,8 @@ class Predictor:
                 torch.backends.cudnn.deterministic = True
             self.forward = module.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
-    @torch.inference_mode()
-    def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunks(self, batch_u8: torch.Tensor):
+        """(number of real images, normalised chunks of the fixed shape, the last padded)."""
         n = len(batch_u8)
         short = -n % self.chunk
         if short:
@@ -122,9 +123,14 @@ class Predictor:
             batch_u8 = batch_u8.pin_memory().to(self.device, non_blocking=True)
         elif self.device.type != "cpu":
             batch_u8 = batch_u8.to(self.device)
+        return n, (normalize(part, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
+                   for part in batch_u8.split(self.chunk))
+
+    @torch.inference_mode()
+    def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, chunks = self._chunks(batch_u8)
         values, indices = [], []
-        for part in batch_u8.split(self.chunk):
-            x = normalize(part, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
+        for x in chunks:
             logits = self.forward(x).float()
             if self.restrict is not None:
                 logits = logits[:, self.restrict]
@@ -132,3 +138,10 @@ class Predictor:
             values.append(v)
             indices.append(i if self.restrict is None else self.restrict[i])
         return torch.cat(values)[:n].cpu(), torch.cat(indices)[:n].cpu()
+
+    @torch.inference_mode()
+    def embed(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        """(N, D) float32 on CPU: the vector the classifier head receives, for each image."""
+        n, chunks = self._chunks(batch_u8)
+        features = self.forward.features
+        return torch.cat([features(x).float() for x in chunks])[:n].cpu()

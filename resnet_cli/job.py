@@ -53,6 +53,7 @@ class Job:
     engine: Engine = Engine.local
     ray_address: str | None = None
     restrict: tuple[int, ...] | None = None  # predict among these class indices only (evaluate --restrict)
+    embed: bool = False  # Embedding records (the head's input vector) instead of top-k predictions
 
 
 def default_batch_size(batch_size: int | None, device_type: str) -> int:
@@ -78,7 +79,7 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
              offline: bool = False, labels: str | None = None, fast_decode: bool = False,
              resize: int | None = None, crop: int | None = None, quiet: bool = False,
              engine: Engine = Engine.local, ray_address: str | None = None, sources=None,
-             restrict: tuple[int, ...] | None = None) -> Job:
+             restrict: tuple[int, ...] | None = None, embed: bool = False) -> Job:
     """Check the options that involve each other and build the job. Raises UsageError. Listing has not
     started: the engine starts it (`Listing.start`) when it is ready to consume. `sources`: sources listed
     already (evaluate's labelled images), taken in place of listing `inputs`."""
@@ -110,4 +111,4 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
     return Job(inputs=listing, weights=resolved, topk=topk, device=device, precision=precision,
                batch_size=batch_size, workers=workers, fast_decode=fast_decode, network=network,
                labels_file=labels, quiet=quiet, engine=engine, ray_address=ray_address,
-               restrict=None if restrict is None else tuple(sorted(restrict)))
+               restrict=None if restrict is None else tuple(sorted(restrict)), embed=embed)

@@ -27,7 +27,7 @@ from .errors import INTERNAL_ERROR, InputError
 from .images import open_bytes, open_local
 from .preprocess import resize_and_crop
 from .readers import Network
-from .records import Failure, Prediction, Record, Success
+from .records import Embedding, Failure, Prediction, Record, Success
 from .registry import Preprocess
 from .resolve import Resolved
 from .sources import Source
@@ -65,13 +65,18 @@ def prepare(source: Source, pre: Preprocess, fast_decode: bool = False, network:
 
 def to_records(prepared: list[Prepared], probs, indices, weights: Resolved, labels: tuple[str, ...]
                ) -> list[Record]:
-    """Records for a run of prepared inputs, in order; `probs`/`indices` hold one row per successful input."""
+    """Records for a run of prepared inputs, in order; `probs`/`indices` hold one row per successful input.
+    With `indices` None, `probs` are embeddings (one vector a row) and the records are Embedding records."""
     arch, name, pre = weights.arch.name, weights.name, weights.preprocess
     out: list[Record] = []
     row = 0
     for p in prepared:
         if p.error is not None:
             out.append(Failure(p.path, p.error.kind, p.error.message))
+            continue
+        if indices is None:
+            out.append(Embedding(p.path, arch, name, probs[row]))
+            row += 1
             continue
         topk = tuple(
             Prediction(rank=r + 1, index=int(i), label=labels[int(i)], probability=float(v))
@@ -172,16 +177,19 @@ class Decoder:
 
 
 def classify(decoded: Iterable[Prepared | object], predictor, *, weights: Resolved, labels: tuple[str, ...],
-             batch_size: int = 8, stop: threading.Event | None = None) -> Iterator[Record]:
+             batch_size: int = 8, stop: threading.Event | None = None, embed: bool = False) -> Iterator[Record]:
     """One record per decoded input, in order, streamed: a batch is classified when it is full, or as soon
     as the decoder has nothing ready (IDLE), so results never wait on a slow source; failures that no
     success precedes are emitted at once. Once `stop` is set, the batch being gathered is classified and
     emitted and the stream ends: at most one more forward pass after a Ctrl-C."""
     def records(batch: list[Prepared]) -> list[Record]:
+        probs = indices = None
         if any(p.error is None for p in batch):
-            probs, indices = predictor(stack(batch, weights.preprocess.crop))
-        else:
-            probs = indices = None
+            pixels = stack(batch, weights.preprocess.crop)
+            if embed:
+                probs = predictor.embed(pixels).numpy()
+            else:
+                probs, indices = predictor(pixels)
         return to_records(batch, probs, indices, weights, labels)
 
     pending: list[Prepared] = []

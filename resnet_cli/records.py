@@ -1,8 +1,9 @@
-"""The two record types every output format is made of. Their dict forms are the JSON contract (README).
+"""The record types every output format is made of. Their dict forms are the JSON contract (docs/output.md).
 
-success: {"path", "arch", "weights", "preprocess": {"resize", "crop"}, "topk": [{"rank", "index", "label",
-          "probability"}, ...]}
-failure: {"path", "error": {"type", "message"}}
+success:   {"path", "arch", "weights", "preprocess": {"resize", "crop"}, "topk": [{"rank", "index", "label",
+            "probability"}, ...]}
+embedding: {"path", "arch", "weights", "embedding": [float, ...]}   (resnet-classify embed)
+failure:   {"path", "error": {"type", "message"}}
 """
 
 from __future__ import annotations
@@ -54,7 +55,21 @@ class Failure:
         return {"path": self.path, "error": {"type": self.type, "message": self.message}}
 
 
-Record = Success | Failure
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    path: str
+    arch: str
+    weights: str
+    vector: object  # a float32 numpy array (D,)
+
+    ok = True
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "arch": self.arch, "weights": self.weights,
+                "embedding": [float(v) for v in self.vector.tolist()]}
+
+
+Record = Success | Failure | Embedding
 
 
 def from_dict(d: dict) -> Record:

@@ -26,7 +26,7 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
         predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype, topk=job.topk,
                               restrict=job.restrict)
         yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
-                            stop=stop)
+                            stop=stop, embed=job.embed)
     finally:
         decoder.close()
         job.inputs.close()

@@ -98,7 +98,7 @@ class Classifier:
     With `decode`, it takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
 
     def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, decode: bool = False,
-                 fast_decode: bool = False, network=None, restrict=None) -> None:
+                 fast_decode: bool = False, network=None, restrict=None, embed: bool = False) -> None:
         import ray
         import torch
 
@@ -116,6 +116,7 @@ class Classifier:
                                    restrict=restrict)
         self.preprocess = preprocess
         self.topk = topk
+        self.embed = embed
         self.decode = decode
         self.fast_decode = fast_decode
         self.network = network
@@ -128,15 +129,22 @@ class Classifier:
             batch = decode_batch(batch, pre=self.preprocess, fast_decode=self.fast_decode, network=self.network)
         ok = batch.column("error_type").is_null().to_numpy(zero_copy_only=False)
         pixels = batch.column("pixels").filter(pa.array(ok)).to_pylist()
+        batch = batch.drop_columns(["pixels"])
+        x = stack([Prepared("", p) for p in pixels], self.preprocess.crop) if pixels else None
+        if self.embed:  # the Predictor runs its one fixed shape, as in the local engine: the same bits
+            width = self.predictor.feature_dim
+            out = np.zeros((batch.num_rows, width), np.float32)
+            if x is not None:
+                out[ok] = self.predictor.embed(x).numpy()
+            return batch.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(out.ravel()), width))
         probs = np.zeros((batch.num_rows, self.topk), np.float32)
         indices = np.zeros((batch.num_rows, self.topk), np.int64)
-        if pixels:  # the Predictor runs its one fixed shape, as in the local engine: the same bits
-            p, i = self.predictor(stack([Prepared("", p) for p in pixels], self.preprocess.crop))
+        if x is not None:
+            p, i = self.predictor(x)
             probs[ok] = p.numpy()
             indices[ok] = i.numpy()
         k = self.topk
-        return (batch.drop_columns(["pixels"])
-                .append_column("probs", pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), k))
+        return (batch.append_column("probs", pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), k))
                 .append_column("indices", pa.FixedSizeListArray.from_arrays(pa.array(indices.ravel()), k)))
 
 
@@ -256,6 +264,7 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
             "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
             "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "topk": job.topk,
             "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network, "restrict": job.restrict,
+            "embed": job.embed,
         })
 
 
@@ -264,12 +273,16 @@ def _batch_records(batch, sources: list[Source], loaded) -> list[tuple[int, Reco
     index = batch.column("index").to_pylist()
     types = batch.column("error_type").to_pylist()
     messages = batch.column("error_message").to_pylist()
-    probs = _matrix(batch.column("probs"), len(index))
-    indices = _matrix(batch.column("indices"), len(index))
     prepared = [Prepared(sources[i].path, None, None if t is None else InputError(t, _from_bytes(m)))
                 for i, t, m in zip(index, types, messages)]
     ok = [r for r, t in enumerate(types) if t is None]
-    recs = to_records(prepared, probs[ok], indices[ok], loaded.weights, loaded.labels)
+    if "embedding" in batch.column_names:
+        vectors = _matrix(batch.column("embedding"), len(index)).astype("float32")
+        recs = to_records(prepared, vectors[ok], None, loaded.weights, loaded.labels)
+    else:
+        probs = _matrix(batch.column("probs"), len(index))
+        indices = _matrix(batch.column("indices"), len(index))
+        recs = to_records(prepared, probs[ok], indices[ok], loaded.weights, loaded.labels)
     return list(zip(index, recs))
 
 
