@@ -65,6 +65,11 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def topk_for(job, num_classes: int) -> int:
+    """--topk, or by default 5, or every class of a model with fewer."""
+    return job.topk if job.topk is not None else min(5, num_classes)
+
+
 def load_for(job, device: torch.device | None = None, *, check_here: bool = True):
     """(device, dtype, weights.LoadedModel) for a job: the device found on this machine (or `device`, which an
     engine has decided), the precision checked on it (unless `check_here` is False: a cluster's GPU is not
@@ -74,7 +79,7 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
     device = device if device is not None else resolve_device(job.device)
     dtype = check_precision(job.precision.value, device) if check_here else PRECISIONS[job.precision.value]
     loaded = load(job.weights, offline=job.network.offline, labels_file=job.labels_file, quiet=job.quiet)
-    if job.topk > loaded.num_classes:
+    if job.topk is not None and job.topk > loaded.num_classes:
         raise UsageError(f"--topk {job.topk} is more than the model's {loaded.num_classes} classes")
     if job.restrict and max(job.restrict) >= loaded.num_classes:
         raise UsageError(f"class {max(job.restrict)} is not one of the model's {loaded.num_classes} classes")

@@ -41,7 +41,7 @@ class Job:
 
     inputs: Listing
     weights: Resolved
-    topk: int = 5
+    topk: int | None = None  # None: 5, or every class of a model with fewer
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps, as the user wrote it
     precision: Precision = Precision.fp32
     batch_size: int | None = None  # None: the engine's default for its device
@@ -73,7 +73,7 @@ def check_device(device: str, precision: Precision, engine: Engine) -> str:
     return name
 
 
-def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFAULT", topk: int = 5,
+def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFAULT", topk: int | None = None,
              device: str = "auto", precision: Precision = Precision.fp32, batch_size: int | None = None,
              workers: int | None = None, recursive: bool = False, null_separated: bool = False,
              offline: bool = False, labels: str | None = None, fast_decode: bool = False,
@@ -86,9 +86,9 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
     precision, engine = Precision(precision), Engine(engine)
     device = check_device(device, precision, engine)
     resolved = resolve(arch, weights, resize, crop)
-    if restrict is not None and topk > len(restrict):
+    if topk is not None and restrict is not None and topk > len(restrict):
         raise UsageError(f"--topk {topk} is more than the {len(restrict)} classes predictions are restricted to")
-    if resolved.num_classes is not None and topk > resolved.num_classes:
+    if topk is not None and resolved.num_classes is not None and topk > resolved.num_classes:
         raise UsageError(f"--topk {topk} is more than the model's {resolved.num_classes} classes")
     if "-" in inputs and sys.stdin is None:
         raise UsageError("- reads paths from stdin, but stdin is closed")

@@ -26,7 +26,9 @@ WeightsOpt = Annotated[str, typer.Option(
     "--weights", "-w", metavar="WEIGHTS",
     help="Published weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2 or an enum-qualified name such as "
     "ResNet50_Weights.IMAGENET1K_V2) or a checkpoint file (.pth/.pt in torchvision's layout, or .safetensors).")]
-TopkOpt = Annotated[int, typer.Option("--topk", "-k", min=1, metavar="K", help="How many classes to report per image.")]
+TopkOpt = Annotated[Optional[int], typer.Option(
+    "--topk", "-k", min=1, metavar="K", show_default=False,
+    help="How many classes to report per image. Default: 5, or every class of a model with fewer.")]
 OutputOpt = Annotated[Optional[str], typer.Option(
     "--output", "-o", metavar="FILE", show_default=False,
     help="Write results to FILE instead of stdout (json and csv appear atomically).")]

@@ -10,6 +10,8 @@ then what the weights say, then the default.
 - Preprocessing: the published weights' own (their `weights.transforms()`); a checkpoint gets the
   architecture's DEFAULT weights'. `--resize`/`--crop` override it; the one not given keeps the crop-to-resize
   ratio (224/256 for V1 weights), so `--crop 320` alone keeps the framing the weights were evaluated with.
+- A model `resnet-classify train` wrote (a .safetensors file with this tool's metadata) names its own
+  architecture, preprocessing and class names: it needs no --arch and no --labels.
 
 No torch, no I/O beyond a file-existence check: decoding can start before torch is imported.
 """
@@ -34,11 +36,35 @@ class Resolved:
     spec: WeightsSpec | None  # published weights, or None for a checkpoint file
     name: str  # the published full name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
     preprocess: Preprocess
+    labels: tuple[str, ...] | None = None  # the class names a trained model carries
 
     @property
     def num_classes(self) -> int | None:
-        """1000 for published weights; None for a checkpoint until it is read (its head says)."""
+        """1000 for published weights, the labels' count for a trained model; None for a checkpoint until it
+        is read (its head says)."""
+        if self.labels is not None:
+            return len(self.labels)
         return 1000 if self.spec is not None else None
+
+
+METADATA_KEY = "resnet_classify"  # the safetensors metadata entry `train` writes: JSON
+
+
+def trained_metadata(path: str) -> dict | None:
+    """The metadata `train` stored in a .safetensors model ({"arch", "base_weights", "labels", "preprocess"}),
+    read from the file's header without torch; None for any other file."""
+    import json
+    import struct
+
+    if not path.endswith(".safetensors"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(size, 100_000_000)))
+        return json.loads(header["__metadata__"][METADATA_KEY])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
 
 
 def _owner(weights: str) -> ArchSpec | None:
@@ -101,6 +127,14 @@ def resolve(arch: str | None = None, weights: str = "DEFAULT", resize: int | Non
         spec_arch = get_arch(arch) if arch else (owner or get_arch(DEFAULT_ARCH))
         spec = published(spec_arch, weights)
         return Resolved(spec_arch, spec, spec.full_name, _override(spec.preprocess, resize, crop))
+    meta = trained_metadata(weights) if is_file else None
+    if meta is not None:
+        a = get_arch(meta["arch"])
+        if arch and get_arch(arch).name != a.name:
+            raise UsageError(f"{weights} is a {a.name} model; leave out --arch or give --arch {a.name}")
+        p = meta["preprocess"]
+        pre = Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
+        return Resolved(a, None, weights, _override(pre, resize, crop), tuple(meta["labels"]))
     a = get_arch(arch or DEFAULT_ARCH)
     if not is_file:
         if re.fullmatch(r"\w+", weights):  # a name, not a path: say what the names are

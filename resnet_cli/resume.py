@@ -79,9 +79,9 @@ def _read_csv(text: str) -> list[Record]:
     return out
 
 
-def check_resumable(previous: Iterable[Success], weights, topk: int) -> None:
+def check_resumable(previous: Iterable[Success], weights, topk: int | None) -> None:
     """Results of another model, preprocessing or top-k must not be mixed into one file. `weights` is the
-    run's `weights.Resolved`."""
+    run's `weights.Resolved`; `topk` None is the default, 5 or every class of a smaller model."""
     arch, name, pre = weights.arch.name, weights.name, weights.preprocess
     for r in previous:
         if (r.arch, r.weights) != (arch, name):
@@ -89,14 +89,15 @@ def check_resumable(previous: Iterable[Success], weights, topk: int) -> None:
                 f"--resume: the file holds results of {r.arch} with {r.weights}; this run uses {arch} with "
                 f"{name}. Resume with the same --arch and --weights, or write to another file."
             )
-        if (r.resize, r.crop) != (pre.resize, pre.crop) or len(r.topk) != topk:
+        expected = topk if topk is not None else min(5, weights.num_classes or len(r.topk))
+        if (r.resize, r.crop) != (pre.resize, pre.crop) or len(r.topk) != expected:
             raise UsageError(
                 f"--resume: the file holds results at resize {r.resize}, crop {r.crop}, top-{len(r.topk)}; this "
-                f"run uses resize {pre.resize}, crop {pre.crop}, top-{topk}. Resume with the same options."
+                f"run uses resize {pre.resize}, crop {pre.crop}, top-{expected}. Resume with the same options."
             )
 
 
-def previous_successes(path: str, fmt: Format, weights, topk: int) -> list[Success]:
+def previous_successes(path: str, fmt: Format, weights, topk: int | None) -> list[Success]:
     """The successes to keep from `path`, checked to belong to this run; failures are retried."""
     kept = [r for r in read_records(path, fmt) if r.ok]
     check_resumable(kept, weights, topk)

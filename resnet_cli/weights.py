@@ -178,7 +178,7 @@ def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str,
         if shape is None or len(shape) != 2:
             raise UsageError(f"checkpoint {weights.name} does not fit {weights.arch.name}: it has no fc.weight head")
         num_classes = shape[0]
-    return _labels(num_classes, labels_file)
+    return _labels(num_classes, labels_file, weights.labels)
 
 
 def head_shape(path: str) -> tuple[int, ...] | None:
@@ -231,9 +231,13 @@ class _ShapeUnpickler(pickle.Unpickler):
         return None
 
 
-def _labels(num_classes: int, labels_file: str | None) -> tuple[str, ...]:
+def _labels(num_classes: int, labels_file: str | None, own: tuple[str, ...] | None = None) -> tuple[str, ...]:
     if labels_file:
         return read_labels(labels_file, num_classes)
+    if own is not None:  # a trained model's class names
+        if len(own) != num_classes:
+            raise UsageError(f"the model's metadata names {len(own)} classes; its head has {num_classes}")
+        return own
     return categories() if num_classes == len(categories()) else tuple(f"class_{i}" for i in range(num_classes))
 
 
@@ -269,4 +273,4 @@ def load(weights: Resolved, *, offline: bool = False, labels_file: str | None = 
     else:
         state = read_state_dict(weights.name)
     module = build_model(weights.arch, state, weights.name)
-    return LoadedModel(weights, _labels(module.fc.out_features, labels_file), module)
+    return LoadedModel(weights, _labels(module.fc.out_features, labels_file, weights.labels), module)

@@ -38,7 +38,7 @@ def command(
     inputs: InputsArg,
     arch: ArchOpt = None,
     weights: WeightsOpt = "DEFAULT",
-    topk: TopkOpt = 5,
+    topk: TopkOpt = None,
     format: FormatOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,

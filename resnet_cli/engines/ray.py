@@ -247,6 +247,8 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
              dtype):
     from ray.data import ActorPoolStrategy
 
+    from ..inference import topk_for
+
     items = [{"index": i, "path": _to_bytes(s.path),
               "error_type": None if s.error is None else s.error.kind,
               "error_message": None if s.error is None else _to_bytes(s.error.message)}
@@ -262,7 +264,8 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
         num_cpus=1, num_gpus=1 if gpu else None,
         fn_constructor_kwargs={
             "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
-            "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "topk": job.topk,
+            "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype,
+            "topk": topk_for(job, len(loaded.labels)),
             "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network, "restrict": job.restrict,
             "embed": job.embed,
         })
