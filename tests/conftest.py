@@ -20,6 +20,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's torch hub cache, or reaches the network for weights."""
     home = tmp_path_factory.mktemp("torch-home")
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("RESNET_CLASSIFY_CACHE", str(home / "resnet-classify-cache"))
     monkeypatch.delenv("RESNET_CLASSIFY_OFFLINE", raising=False)
 
 

@@ -208,7 +208,7 @@ def _print(results: list[dict], fmt: SimilarFormat) -> None:
 
             for r in results:
                 if "group" in r:
-                    console.print(f"[bold]{len(r['group'])} near-duplicates[/] (similarity ≥ {r['similarity']:.3f})")
+                    console.print(f"[bold]{len(r['group'])} near-duplicates[/] (lowest similarity {r['similarity']:.3f})")
                     for p in r["group"]:
                         console.print(f"  {escape(p)}", soft_wrap=True)
                 elif "error" in r:

@@ -1,0 +1,259 @@
+"""`resnet-classify train`: your own categories, as a new head on a frozen ResNet (a linear probe).
+
+    DATA (labelled.read) --> split (--val or --val-data) --> features: cache (probe.FeatureCache) or
+        engines.records(embed job) --> probe.choose_c --> MODEL.safetensors (whole network + metadata)
+
+The saved file holds the network in torchvision's state-dict layout with the new head, and as metadata the
+architecture, the base weights, the class names and the preprocessing: `resnet-classify photo.jpg --weights
+MODEL.safetensors` and `evaluate DATA --weights MODEL.safetensors` need nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import random
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..console import eprint, isatty, print_data, progress_bar
+from ..errors import UsageError
+from ..job import Precision, make_job
+from ..options import (ArchOpt, BatchSizeOpt, DeviceOpt, FastDecodeOpt, OfflineOpt, PrecisionOpt, QuietOpt,
+                       WeightsOpt, WorkersOpt)
+from ..signals import StopSignals
+
+
+class TrainFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+
+
+def command(
+    data: Annotated[str, typer.Argument(
+        metavar="DATA", show_default=False,
+        help="A folder of class folders (DATA/<class>/*.jpg), or a .csv or .jsonl manifest with path and label "
+        "columns; any class names.")],
+    output: Annotated[str, typer.Option(
+        "--output", "-o", metavar="MODEL.safetensors", show_default=False, help="Where the trained model goes.")],
+    arch: ArchOpt = None,
+    weights: WeightsOpt = "DEFAULT",
+    val: Annotated[float, typer.Option(
+        "--val", min=0.0, max=0.9, metavar="FRACTION",
+        help="The share of each class held out to choose the regularisation and report accuracy.")] = 0.2,
+    val_data: Annotated[Optional[str], typer.Option(
+        "--val-data", metavar="DIR", show_default=False,
+        help="A separate labelled validation set (same forms as DATA) instead of --val.")] = None,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", min=1, metavar="N",
+        help="Iterations of the optimiser (L-BFGS over all training features at once).")] = 100,
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed of the --val split.")] = 0,
+    format: Annotated[Optional[TrainFormat], typer.Option(
+        "--format", "-f", case_sensitive=False, show_default=False,
+        help="The report: default a table on a terminal, else json.")] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSizeOpt = None,
+    workers: WorkersOpt = None,
+    fast_decode: FastDecodeOpt = False,
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a classifier for your own classes on the network's features; save it as one .safetensors file."""
+    from .. import labelled
+    from ..resolve import resolve
+
+    if not output.endswith(".safetensors"):
+        raise UsageError(f"-o {output}: the model is saved as a .safetensors file")
+    from .classify import check_writable
+
+    check_writable(output)
+    fmt = format or (TrainFormat.table if isatty(sys.stdout) else TrainFormat.json)
+    resolved = resolve(arch, weights)
+    train_set = labelled.read(data)
+    classes = sorted(set(train_set.labels))
+    if len(classes) < 2:
+        raise UsageError(f"{data}: training needs at least two classes (found {len(classes)})")
+    if val_data:
+        val_set = labelled.read(val_data)
+        unknown = sorted(set(val_set.labels) - set(classes))
+        if unknown:
+            raise UsageError(f"{val_data}: classes not in DATA: {', '.join(map(repr, unknown[:5]))}")
+        train_items = list(zip(train_set.sources, train_set.labels))
+        val_items = list(zip(val_set.sources, val_set.labels))
+    else:
+        train_items, val_items = split(list(zip(train_set.sources, train_set.labels)), val, seed)
+    job_args = dict(arch=resolved.arch.name, weights=resolved.name, device=device, precision=precision,
+                    batch_size=batch_size, workers=workers, fast_decode=fast_decode, offline=offline, quiet=quiet)
+    features, failures, counts, code = extract([s for s, _ in train_items + val_items], resolved, job_args)
+    index = {c: i for i, c in enumerate(classes)}
+
+    def matrix(items):
+        kept = [(features[s.path], index[label]) for s, label in items if s.path in features]
+        import numpy as np
+
+        if not kept:
+            return np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
+        return np.stack([v for v, _ in kept]), np.array([y for _, y in kept])
+
+    x_train, y_train = matrix(train_items)
+    x_val, y_val = matrix(val_items)
+    empty = [c for c in classes if index[c] not in set(y_train.tolist())]
+    if empty:
+        raise UsageError(f"no usable training image for class{'es' if len(empty) > 1 else ''} "
+                         f"{', '.join(map(repr, empty))}" + (f" ({len(failures)} image(s) could not be read)"
+                                                             if failures else ""))
+    from .. import probe
+
+    bar = progress_bar(sys.stderr) if not quiet and isatty(sys.stderr) else None
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("fitting", total=len(probe.GRID) if len(y_val) else 1)
+    try:
+        chosen = probe.choose_c(x_train, y_train, x_val, y_val, len(classes), epochs,
+                                progress=(lambda: bar.advance(task)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.stop()
+    w, b = chosen["w"], chosen["b"]
+    save(output, resolved, classes, w, b, offline=offline, quiet=quiet)
+    report = {
+        "model": output, "arch": resolved.arch.name, "base_weights": resolved.name, "classes": classes,
+        "C": chosen["C"], "train": {"images": int(len(y_train)), "accuracy": probe.accuracy(x_train, y_train, w, b)},
+        "val": {"images": int(len(y_val)), "accuracy": probe.accuracy(x_val, y_val, w, b)},
+        "features": counts, "failures": failures, "tried": chosen["tried"],
+    }
+    _print(report, fmt)
+    raise typer.Exit(code)
+
+
+def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A stratified split: in each class, `fraction` of its images (rounded, at least one when the class has
+    two or more, never all) go to validation, chosen by `seed`; both lists keep DATA's order."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, (_, label) in enumerate(items):
+        by_class.setdefault(label, []).append(i)
+    held = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        n = len(members)
+        k = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(n * fraction)))
+        held.update(rng.sample(members, k))
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
+
+
+def extract(sources, resolved, job_args: dict):
+    """({path: vector}, failures, {"cached", "extracted"}, exit code): each image's features from the cache,
+    or through the engine (and then into the cache)."""
+    from .. import engines, probe
+    from ..sources import Source
+    from .classify import failure_line
+
+    device_type = "cpu" if job_args["device"] in ("cpu", "auto") else job_args["device"].split(":")[0]
+    if job_args["device"] == "auto":
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    cache = probe.FeatureCache(probe.model_key(resolved, Precision(job_args["precision"]).value, device_type))
+    features, digests, todo = {}, {}, []
+    unique = list(dict.fromkeys(sources))  # a path listed twice is read once
+    for s in unique:
+        digest = None
+        if s.error is None and os.path.isfile(s.path):
+            try:
+                digest = probe.file_digest(s.path)
+            except OSError:
+                digest = None
+        vector = cache.get(digest) if digest else None
+        if vector is not None:
+            features[s.path] = vector
+        else:
+            digests[s.path] = digest
+            todo.append(s)
+    failures, code = [], 0
+    if todo:
+        job = make_job([], sources=todo, topk=1, embed=True, **job_args)
+        bar = progress_bar(sys.stderr) if not job_args["quiet"] and isatty(sys.stderr) else None
+        with StopSignals().installed() as stop:
+            records = engines.records(job, stop.event)
+            try:
+                if bar is not None:
+                    bar.start()
+                    task = bar.add_task("extracting features", total=len(todo))
+                for rec in records:
+                    if rec.ok:
+                        features[rec.path] = rec.vector
+                        if digests.get(rec.path):
+                            cache.put(digests[rec.path], rec.vector)
+                    else:
+                        failures.append({"path": rec.path, "error": {"type": rec.type, "message": rec.message}})
+                        if not job_args["quiet"]:
+                            line = failure_line(rec)
+                            bar.console.print(f"resnet-classify: {line}", markup=False) if bar else eprint(line)
+                    if bar is not None:
+                        bar.advance(task)
+            finally:
+                records.close()
+                if bar is not None:
+                    bar.stop()
+            if stop.signum is not None:
+                code = int(stop.exit_code(0))
+                raise typer.Exit(code)  # an interrupted extraction trains nothing; what was cached stays
+    if failures and not job_args["quiet"]:
+        eprint(f"{len(failures)} image(s) could not be read and are left out")
+    return features, failures, {"cached": len(unique) - len(todo), "extracted": len(todo)}, code
+
+
+def save(path: str, resolved, classes: list[str], w, b, *, offline: bool, quiet: bool) -> None:
+    """The base network with the new head, in torchvision's layout, and the metadata that makes it
+    self-describing; written beside `path` and renamed over it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ..resolve import METADATA_KEY
+    from ..weights import load
+
+    module = load(resolved, offline=offline, quiet=quiet).module
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    state["fc.weight"] = torch.from_numpy(w.astype("float32"))
+    state["fc.bias"] = torch.from_numpy(b.astype("float32"))
+    pre = resolved.preprocess
+    meta = {"arch": resolved.arch.name, "base_weights": resolved.name, "labels": classes,
+            "preprocess": {"resize": pre.resize, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),
+                           "interpolation": pre.interpolation}}
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _print(report: dict, fmt: TrainFormat) -> None:
+    from ..writers import dumps
+
+    if fmt is TrainFormat.json:
+        sys.stdout.write(dumps(report) + "\n")
+        sys.stdout.flush()
+        return
+
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    def render(console) -> None:
+        from rich.markup import escape
+
+        console.print(f"[bold]{escape(report['model'])}[/]: {report['arch']} on {escape(report['base_weights'])}, "
+                      f"{len(report['classes'])} classes ({escape(', '.join(report['classes']))})", soft_wrap=True)
+        console.print(f"train {report['train']['images']} images, accuracy {pct(report['train']['accuracy'])}; "
+                      f"validation {report['val']['images']} images, accuracy {pct(report['val']['accuracy'])}; "
+                      f"C = {report['C']:g}")
+        console.print(f"[dim]features: {report['features']['cached']} from the cache, "
+                      f"{report['features']['extracted']} extracted; {len(report['failures'])} left out[/]")
+
+    print_data(render)
