@@ -92,6 +92,8 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
         "ours --fast-decode": ours + ["--fast-decode"],
         "ours evaluate": [CLI, "evaluate", str(env["manifests"][setname]), "-a", "resnet50", "-w", ckpt, "-q",
                           "-f", "json"],
+        "ours embed": [CLI, "embed", folder, "-a", "resnet50", "-w", ckpt, "-q", "-o",
+                       str(Path(folder).parent / "embeddings.npy")],
     }
     if baseline:
         base = [*cli_of(baseline), *ours[1:]]
@@ -102,7 +104,8 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
         out.pop("ours --fast-decode")  # nothing to gain on small images: draft mode never engages
         out.pop("baseline --fast-decode", None)
     else:
-        out.pop("ours evaluate")  # one set is enough to compare evaluate with classify
+        out.pop("ours evaluate")  # one set is enough to compare evaluate and embed with classify
+        out.pop("ours embed")
         out.pop("openvino")
         out.pop("ours --precision bf16")
         out.pop("baseline --precision bf16", None)

@@ -97,6 +97,10 @@ def test_train_matches_scikit_learn_and_the_model_classifies_by_itself(dataset, 
     again = json.loads(second.stdout)
     assert again["features"] == {"cached": 48, "extracted": 1}  # only the unreadable file is tried again
     assert second_s < first_s
+    # deterministic: the same data and options give the same file, to the byte
+    twin = tmp_path / "twin.safetensors"
+    assert cli(*args[:-4], "-o", twin, "-f", "json").code == 0
+    assert twin.read_bytes() == model.read_bytes()
 
     # the saved model classifies with its own class names, no --arch, no --labels
     res = cli(val_paths[0], "-w", model, "-f", "jsonl")
