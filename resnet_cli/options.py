@@ -7,13 +7,21 @@ imported: `--help` must answer at once.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Optional
 
 import typer
 
 from .job import Engine, Precision
 
-# Each command's --format offers only what it writes: these enums are the choices (see commands/).
+
+class Report(str, enum.Enum):
+    """--format of the commands that print one report (arch, evaluate, train): for people, or for programs.
+    Each command's --format offers only what it writes; classify's formats are writers.Format."""
+
+    table = "table"
+    json = "json"
+
 
 InputsArg = Annotated[list[str], typer.Argument(
     metavar="INPUT...", show_default=False,

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import net
 from .console import progress_bar
 from .errors import PROG, UsageError, WeightsUnavailable
-from .registry import ArchSpec, Preprocess, WeightsSpec, categories
+from .registry import ArchSpec, WeightsSpec, categories
 from .resolve import Resolved
 
 OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
@@ -50,7 +50,8 @@ def cached_file(spec: WeightsSpec) -> Path:
 
 def _unavailable(spec: WeightsSpec, why: str, checkpoint_hint: bool = True) -> WeightsUnavailable:
     dest = cached_file(spec)
-    hint = "\n  or classify with a local checkpoint: --weights PATH (.pth, .pt or .safetensors)" if checkpoint_hint else ""
+    hint = ("\n  or classify with a local checkpoint: --weights PATH (.pth, .pt or .safetensors)"
+            if checkpoint_hint else "")
     return WeightsUnavailable(
         f"weights {spec.full_name} are not in the cache and {why}.\n"
         f"  file:  {spec.file_name} ({spec.file_size_mb:.1f} MB, sha256 {spec.sha256_prefix}...)\n"

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import nullcontext
 from typing import Annotated, BinaryIO, Optional, TextIO
 
 import typer
 
-from ..console import eprint, isatty, printable, progress_bar
+from ..console import eprint, isatty
 from ..errors import UsageError
 from ..job import Engine, Job, Precision, make_job
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, LabelsOpt,
                        NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
                        TopkOpt, WeightsOpt, WorkersOpt)
-from ..records import Failure, Record
-from ..signals import StopSignals
+from ..records import Record
+from .stream import RecordStream
 from ..writers import Format, format_for_output, open_writer
 
 FormatOpt = Annotated[Optional[Format], typer.Option(
@@ -97,76 +96,44 @@ def check_writable(output: str) -> None:
 def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), *, stdout: BinaryIO | None = None,
         stderr: TextIO | None = None) -> int:
     """Classify the job's inputs and write the records (with `previous`, the records --resume keeps, each in
-    its place); returns the exit code."""
-    from .. import engines
-
+    its place); returns the exit code. The output is opened only once the engine has its first record (a usage
+    error while the model loads leaves an earlier --output as it was), and finished (renamed into place) even
+    when the run is interrupted; an unexpected error leaves an earlier file untouched."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr
-    with StopSignals().installed() as stop:
-        records = engines.records(job, stop.event)
-        if previous:
-            from ..resume import in_input_order
+    reorder = _in_place(job, previous) if previous else None
 
-            records = in_input_order(records, job.inputs, previous)
-        written, failed = write_records(records, job, fmt, output, replace=bool(previous), stdout=stdout,
-                                        stderr=stderr)
-        code = stop.exit_code(failed)
-    if stop.signum is not None:  # even with --quiet: the user must learn how to continue
+    color = isatty(stdout) if fmt is Format.table and not output else False
+    # A bar when results go elsewhere: results printed on the same terminal show the progress themselves, and a
+    # bar redrawn between them would garble both. A table on the terminal already shows each failure in its
+    # place, in red: the same line again on stderr, the same terminal, would only repeat it.
+    stream = RecordStream(job, "classifying", bar=not (isatty(stdout) and not output),
+                          failure_lines=not (color and isatty(stderr)), stderr=stderr, records=reorder)
+    writer, failed, ok = None, 0, False
+    with stream:
+        try:
+            for rec in stream:
+                if writer is None:
+                    writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous))
+                writer.write(rec)
+                failed += not rec.ok
+            if writer is None:
+                writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous))
+            ok = True
+        finally:
+            if writer is not None:
+                writer.close(ok=ok)
+        code = stream.exit_code(failed)
+    if writer.count == 0 and fmt is Format.table and not job.quiet:
+        eprint("no images to classify", stderr)
+    if stream.interrupted:  # even with --quiet: the user must learn how to continue
         where = f" to {output}; add --resume to the same command to continue" if output else ""
-        eprint(f"interrupted: {written} record{'s' if written != 1 else ''} written{where}", stderr)
+        eprint(f"interrupted: {writer.count} record{'s' if writer.count != 1 else ''} written{where}", stderr)
     return code
 
 
-def failure_line(rec: Failure) -> str:
-    return f"{printable(rec.path)}: {rec.type}: {rec.message}".replace("\n", " ")
+def _in_place(job: Job, previous: list[Record]):
+    """The engine's records with the ones --resume keeps back in their places (resume.in_input_order)."""
+    from ..resume import in_input_order
 
-
-def write_records(records, job: Job, fmt: Format, output: str | None, *, replace: bool = False,
-                  stdout: BinaryIO, stderr: TextIO) -> tuple[int, int]:
-    """Write records as they come; per-file errors to stderr; a progress bar on a terminal. Returns (records
-    written, failures). The output is opened only once the engine has its first record (a usage error while
-    the model loads leaves an earlier --output as it was), and finished (renamed into place) even when the run
-    is interrupted; an unexpected error leaves an earlier file untouched."""
-    records = iter(records)
-    try:
-        first = next(records, None)
-        color = isatty(stdout) if fmt is Format.table and not output else False
-        writer = open_writer(fmt, output, stdout=stdout, color=color, replace=replace)
-        # A bar when stderr is a terminal and the results go elsewhere: results printed on the same terminal show
-        # the progress themselves, and a bar redrawn between them would garble both.
-        show_bar = not job.quiet and isatty(stderr) and not (isatty(stdout) and not output)
-        bar = progress_bar(stderr) if show_bar else None
-        # A table on the terminal already shows each failure in its place, in red; the same line again on
-        # stderr, the same terminal, would only repeat it. (Redirect either stream and the stderr lines are back.)
-        errors_to_stderr = not job.quiet and not (fmt is Format.table and color and isatty(stderr))
-        failed = 0
-        ok = False
-        try:
-            with bar or nullcontext():
-                task = bar.add_task("classifying", total=job.inputs.total) if bar is not None else None
-                for rec in () if first is None else _chain(first, records):
-                    writer.write(rec)
-                    if not rec.ok:
-                        failed += 1
-                        if errors_to_stderr:
-                            line = failure_line(rec)
-                            if bar is not None:
-                                bar.console.print(f"resnet-classify: {line}", markup=False, highlight=False)
-                            else:
-                                eprint(line, stderr)
-                    if task is not None:
-                        bar.update(task, advance=1, total=job.inputs.total)
-            ok = True
-        finally:
-            writer.close(ok=ok)
-    finally:
-        if hasattr(records, "close"):
-            records.close()  # the engine lets go of its threads and its cluster now
-    if writer.count == 0 and fmt is Format.table and not job.quiet:
-        eprint("no images to classify", stderr)
-    return writer.count, failed
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
+    return lambda records: in_input_order(records, job.inputs, previous)

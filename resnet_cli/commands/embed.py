@@ -8,17 +8,16 @@ only. Failures are records as in classify (stderr lines, exit code 1).
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from ..console import eprint, isatty, progress_bar
+from ..console import eprint
 from ..job import Engine, Precision, make_job
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, NullOpt,
                        OfflineOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt, WeightsOpt,
                        WorkersOpt)
-from ..signals import StopSignals
+from .stream import RecordStream
 
 
 def command(
@@ -59,42 +58,27 @@ def command(
 
 
 def run(job, output: str, *, normalize: bool = False) -> int:
-    from .. import embeddings, engines
+    from .. import embeddings
     from ..records import Embedding
-    from .classify import failure_line
 
     dim = 512 if job.weights.arch.block == "basic" else 2048  # layer4's channels
     out = embeddings.open_output(output, dim=dim, arch=job.weights.arch.name, weights=job.weights.name)
-    bar = progress_bar(sys.stderr) if not job.quiet and isatty(sys.stderr) else None
     written = failed = 0
     ok = False
-    with StopSignals().installed() as stop:
-        records = engines.records(job, stop.event)
+    with RecordStream(job, "embedding") as stream:
         try:
-            if bar is not None:
-                bar.start()
-                task = bar.add_task("embedding", total=None)
-            for rec in records:
+            for rec in stream:
                 if isinstance(rec, Embedding) and normalize:
                     norm = float((rec.vector.astype("float64") ** 2).sum() ** 0.5)
                     rec = Embedding(rec.path, rec.arch, rec.weights, (rec.vector / norm if norm else rec.vector)
                                     .astype("float32"))
                 out.write(rec)
                 written += 1
-                if not rec.ok:
-                    failed += 1
-                    if not job.quiet:
-                        line = failure_line(rec)
-                        bar.console.print(f"resnet-classify: {line}", markup=False) if bar else eprint(line)
-                if bar is not None:
-                    bar.update(task, advance=1, total=job.inputs.total)
+                failed += not rec.ok
             ok = True
         finally:
-            records.close()
-            if bar is not None:
-                bar.stop()
             out.close(ok=ok)
-        code = stop.exit_code(failed)
-    if stop.signum is not None:
+        code = stream.exit_code(failed)
+    if stream.interrupted:
         eprint(f"interrupted: {written} record{'s' if written != 1 else ''} written to {output}")
-    return int(code)
+    return code

@@ -9,24 +9,18 @@ misclassified and failed images, nothing per correct image. The metrics' definit
 
 from __future__ import annotations
 
-import enum
 import sys
 import time
 from typing import Annotated, Optional
 
 import typer
 
-from ..console import eprint, isatty, print_data, progress_bar
+from ..console import eprint, isatty, print_data
 from ..errors import UsageError
 from ..job import Engine, Precision, make_job
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
-                       QuietOpt, RayAddressOpt, ResizeOpt, WorkersOpt)
-from ..signals import StopSignals
-
-
-class EvaluateFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
+                       QuietOpt, RayAddressOpt, Report, ResizeOpt, WorkersOpt)
+from .stream import RecordStream
 
 
 def command(
@@ -42,7 +36,7 @@ def command(
         "--weights", "-w", metavar="WEIGHTS[,WEIGHTS...]",
         help="Published weights or a checkpoint file, as classify takes them; several separated by commas.")]
     = "DEFAULT",
-    format: Annotated[Optional[EvaluateFormat], typer.Option(
+    format: Annotated[Optional[Report], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="Default: a table on a terminal, else json; with --output, json for .json, else table.")] = None,
     output: Annotated[Optional[str], typer.Option(
@@ -74,10 +68,10 @@ def command(
     """Measure accuracy on labelled images: top-1/top-5, per-class precision/recall/F1, confusion matrix."""
     from .. import labelled
     from ..resolve import resolve
-    from ..writers import AtomicFile, Format
+    from ..writers import AtomicFile
 
-    fmt = format or (EvaluateFormat.json if (output or "").lower().endswith(".json") or
-                     (not output and not isatty(sys.stdout)) else EvaluateFormat.table)
+    fmt = format or (Report.json if (output or "").lower().endswith(".json") or
+                     (not output and not isatty(sys.stdout)) else Report.table)
     if output:
         from .classify import check_writable
 
@@ -133,7 +127,7 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
 
 def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
               crop, workers, offline, quiet, engine, ray_address, predictions, several: bool) -> tuple[dict, int]:
-    from .. import engines, labelled, registry
+    from .. import labelled, registry
     from ..metrics import Evaluation
     from ..weights import class_names
     from ..writers import dumps
@@ -150,40 +144,22 @@ def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device,
                    labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
                    ray_address=ray_address, restrict=tuple(present) if restrict else None)
     evaluation = Evaluation(present, classes)
-    show_bar = not quiet and isatty(sys.stderr)
-    bar = progress_bar(sys.stderr) if show_bar else None
     start = time.perf_counter()
-    with StopSignals().installed() as stop:
-        records = engines.records(job, stop.event)
-        try:
-            if bar is not None:
-                bar.start()
-                task = bar.add_task(f"evaluating {name}" if several else "evaluating", total=len(truth))
-            for record, true_index in zip(records, truth):
-                evaluation.add(record, true_index)
-                if predictions is not None:
-                    predictions.file.write((dumps({**record.to_dict(), "label": classes[true_index]}) + "\n")
-                                           .encode("utf-8"))
-                if not record.ok and not quiet:
-                    from .classify import failure_line
-
-                    line = failure_line(record)
-                    bar.console.print(f"resnet-classify: {line}", markup=False) if bar else eprint(line)
-                if bar is not None:
-                    bar.advance(task)
-        finally:
-            records.close()
-            if bar is not None:
-                bar.stop()
+    with RecordStream(job, f"evaluating {name}" if several else "evaluating", total=len(truth)) as stream:
+        for record, true_index in zip(stream, truth):
+            evaluation.add(record, true_index)
+            if predictions is not None:
+                predictions.file.write((dumps({**record.to_dict(), "label": classes[true_index]}) + "\n")
+                                       .encode("utf-8"))
         seconds = time.perf_counter() - start
-        code = stop.exit_code(len(evaluation.failures))
-    if stop.signum is not None:
+        code = stream.exit_code(len(evaluation.failures))
+    if stream.interrupted:
         eprint(f"interrupted: the results cover the first {evaluation.images} of {len(truth)} images")
     summary = evaluation.summary()
     result = {"arch": name, "weights": resolved.name, **summary,
               "images_per_second": round(summary["evaluated"] / seconds, 2) if seconds > 0 else None}
     result["_resolved"] = resolved  # for the leaderboard's size columns; not part of the JSON
-    return result, int(code)
+    return result, code
 
 
 def _model_size(resolved) -> dict:
@@ -202,10 +178,10 @@ def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
-def _print(results: list[dict], fmt: EvaluateFormat, output: str | None) -> None:
+def _print(results: list[dict], fmt: Report, output: str | None) -> None:
     from ..writers import AtomicFile, dumps
 
-    if fmt is EvaluateFormat.json:
+    if fmt is Report.json:
         doc = _public(results[0]) if len(results) == 1 else [_public(r) for r in results]
         text = dumps(doc) + "\n"
         if output:

@@ -20,11 +20,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import eprint, isatty, print_data
+from ..console import isatty, print_data
 from ..errors import UsageError
 from ..job import Engine, Precision, make_job
 from ..options import ArchOpt, BatchSizeOpt, DeviceOpt, OfflineOpt, PrecisionOpt, QuietOpt, WorkersOpt
-from ..signals import StopSignals
+from .stream import RecordStream
 
 BLOCK = 4096  # rows of the index compared at once
 
@@ -167,9 +167,6 @@ def duplicate_groups(paths: list[str], unit, threshold: float):
 def _embed(queries: list[str], meta: dict, *, arch, weights, device, precision, batch_size, workers, offline,
            quiet):
     """(path, vector) for each query image, failure records for the rest, and the exit code."""
-    from .. import engines
-    from .classify import failure_line
-
     arch = arch or meta.get("arch")
     weights = weights or meta.get("weights")
     if not arch or not weights:
@@ -179,20 +176,14 @@ def _embed(queries: list[str], meta: dict, *, arch, weights, device, precision, 
                    batch_size=batch_size, workers=workers, offline=offline, quiet=quiet, engine=Engine.local,
                    embed=True)
     vectors, failures = [], []
-    with StopSignals().installed() as stop:
-        records = engines.records(job, stop.event)
-        try:
-            for rec in records:
-                if rec.ok:
-                    vectors.append((rec.path, rec.vector))
-                else:
-                    failures.append({"query": rec.path, "error": {"type": rec.type, "message": rec.message}})
-                    if not quiet:
-                        eprint(failure_line(rec))
-        finally:
-            records.close()
-        code = stop.exit_code(len(failures))
-    return vectors, failures, int(code)
+    with RecordStream(job, "embedding the queries") as stream:
+        for rec in stream:
+            if rec.ok:
+                vectors.append((rec.path, rec.vector))
+            else:
+                failures.append({"query": rec.path, "error": {"type": rec.type, "message": rec.message}})
+        code = stream.exit_code(len(failures))
+    return vectors, failures, code
 
 
 def _print(results: list[dict], fmt: SimilarFormat) -> None:
@@ -208,7 +199,8 @@ def _print(results: list[dict], fmt: SimilarFormat) -> None:
 
             for r in results:
                 if "group" in r:
-                    console.print(f"[bold]{len(r['group'])} near-duplicates[/] (lowest similarity {r['similarity']:.3f})")
+                    console.print(f"[bold]{len(r['group'])} near-duplicates[/] "
+                                  f"(lowest similarity {r['similarity']:.3f})")
                     for p in r["group"]:
                         console.print(f"  {escape(p)}", soft_wrap=True)
                 elif "error" in r:

@@ -10,7 +10,6 @@ MODEL.safetensors` and `evaluate DATA --weights MODEL.safetensors` need nothing 
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import random
@@ -22,14 +21,9 @@ import typer
 from ..console import eprint, isatty, print_data, progress_bar
 from ..errors import UsageError
 from ..job import Precision, make_job
-from ..options import (ArchOpt, BatchSizeOpt, DeviceOpt, FastDecodeOpt, OfflineOpt, PrecisionOpt, QuietOpt,
+from ..options import (ArchOpt, BatchSizeOpt, DeviceOpt, FastDecodeOpt, OfflineOpt, PrecisionOpt, QuietOpt, Report,
                        WeightsOpt, WorkersOpt)
-from ..signals import StopSignals
-
-
-class TrainFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
+from .stream import RecordStream
 
 
 def command(
@@ -51,7 +45,7 @@ def command(
         "--epochs", min=1, metavar="N",
         help="Iterations of the optimiser (L-BFGS over all training features at once).")] = 100,
     seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed of the --val split.")] = 0,
-    format: Annotated[Optional[TrainFormat], typer.Option(
+    format: Annotated[Optional[Report], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="The report: default a table on a terminal, else json.")] = None,
     device: DeviceOpt = "auto",
@@ -71,7 +65,7 @@ def command(
     from .classify import check_writable
 
     check_writable(output)
-    fmt = format or (TrainFormat.table if isatty(sys.stdout) else TrainFormat.json)
+    fmt = format or (Report.table if isatty(sys.stdout) else Report.json)
     resolved = resolve(arch, weights)
     train_set = labelled.read(data)
     classes = sorted(set(train_set.labels))
@@ -149,9 +143,7 @@ def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
 def extract(sources, resolved, job_args: dict):
     """({path: vector}, failures, {"cached", "extracted"}, exit code): each image's features from the cache,
     or through the engine (and then into the cache)."""
-    from .. import engines, probe
-    from ..sources import Source
-    from .classify import failure_line
+    from .. import probe
 
     device_type = "cpu" if job_args["device"] in ("cpu", "auto") else job_args["device"].split(":")[0]
     if job_args["device"] == "auto":
@@ -177,32 +169,16 @@ def extract(sources, resolved, job_args: dict):
     failures, code = [], 0
     if todo:
         job = make_job([], sources=todo, topk=1, embed=True, **job_args)
-        bar = progress_bar(sys.stderr) if not job_args["quiet"] and isatty(sys.stderr) else None
-        with StopSignals().installed() as stop:
-            records = engines.records(job, stop.event)
-            try:
-                if bar is not None:
-                    bar.start()
-                    task = bar.add_task("extracting features", total=len(todo))
-                for rec in records:
-                    if rec.ok:
-                        features[rec.path] = rec.vector
-                        if digests.get(rec.path):
-                            cache.put(digests[rec.path], rec.vector)
-                    else:
-                        failures.append({"path": rec.path, "error": {"type": rec.type, "message": rec.message}})
-                        if not job_args["quiet"]:
-                            line = failure_line(rec)
-                            bar.console.print(f"resnet-classify: {line}", markup=False) if bar else eprint(line)
-                    if bar is not None:
-                        bar.advance(task)
-            finally:
-                records.close()
-                if bar is not None:
-                    bar.stop()
-            if stop.signum is not None:
-                code = int(stop.exit_code(0))
-                raise typer.Exit(code)  # an interrupted extraction trains nothing; what was cached stays
+        with RecordStream(job, "extracting features", total=len(todo)) as stream:
+            for rec in stream:
+                if rec.ok:
+                    features[rec.path] = rec.vector
+                    if digests.get(rec.path):
+                        cache.put(digests[rec.path], rec.vector)
+                else:
+                    failures.append({"path": rec.path, "error": {"type": rec.type, "message": rec.message}})
+        if stream.interrupted:  # an interrupted extraction trains nothing; what was cached stays
+            raise typer.Exit(stream.exit_code(0))
     if failures and not job_args["quiet"]:
         eprint(f"{len(failures)} image(s) could not be read and are left out")
     return features, failures, {"cached": len(unique) - len(todo), "extracted": len(todo)}, code
@@ -234,10 +210,10 @@ def save(path: str, resolved, classes: list[str], w, b, *, offline: bool, quiet:
             os.unlink(tmp)
 
 
-def _print(report: dict, fmt: TrainFormat) -> None:
+def _print(report: dict, fmt: Report) -> None:
     from ..writers import dumps
 
-    if fmt is TrainFormat.json:
+    if fmt is Report.json:
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()
         return

@@ -36,7 +36,7 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from .. import errors as E
 from ..errors import InputError, UsageError

@@ -1,0 +1,91 @@
+"""The one loop every command runs over an engine: signals installed, a progress bar on a terminal, a stderr
+line per failure, the engine closed at the end, and the exit code decided once.
+
+    with RecordStream(job, "embedding") as stream:
+        for record in stream:
+            ...
+    code = stream.exit_code(failed)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from ..console import eprint, isatty, printable, progress_bar
+from ..job import Job
+from ..records import Failure, Record
+from ..signals import StopSignals
+
+
+def failure_line(rec: Failure) -> str:
+    return f"{printable(rec.path)}: {rec.type}: {rec.message}".replace("\n", " ")
+
+
+class RecordStream:
+    """Iterates a job's records. `bar`: whether a progress bar may be drawn (it is, on a terminal stderr,
+    unless the job is quiet); `failure_lines`: whether each failure gets its stderr line (never when quiet);
+    `total`: the bar's total when the job's listing cannot tell it."""
+
+    def __init__(self, job: Job, description: str, *, bar: bool = True, failure_lines: bool = True,
+                 total: int | None = None, stderr: TextIO | None = None, records=None) -> None:
+        self.job = job
+        self.description = description
+        self.stderr = stderr or sys.stderr
+        self.failure_lines = failure_lines and not job.quiet
+        self.show_bar = bar and not job.quiet and isatty(self.stderr)
+        self.total = total
+        self._records = records  # a stream made from the engine's (resume's reordering), else the engine's
+        self.signals = StopSignals()
+        self.bar = None
+
+    def __enter__(self) -> "RecordStream":
+        from .. import engines
+
+        self._installed = self.signals.installed()
+        self._installed.__enter__()
+        if self._records is None:
+            self._records = engines.records(self.job, self.signals.event)
+        elif callable(self._records):
+            self._records = self._records(engines.records(self.job, self.signals.event))
+        return self
+
+    def __iter__(self) -> Iterator[Record]:
+        task = None
+        for rec in self._records:
+            if self.show_bar and self.bar is None:  # after the first record: nothing to show while loading
+                self.bar = progress_bar(self.stderr)
+                self.bar.start()
+                task = self.bar.add_task(self.description, total=self._total())
+            if not rec.ok and self.failure_lines:
+                self.say(failure_line(rec))
+            yield rec
+            if self.bar is not None:
+                self.bar.update(task, advance=1, total=self._total())
+
+    def _total(self) -> int | None:
+        return self.total if self.total is not None else self.job.inputs.total
+
+    def say(self, line: str) -> None:
+        """A message on stderr that does not garble the progress bar."""
+        if self.bar is not None:
+            self.bar.console.print(f"resnet-classify: {line}", markup=False, highlight=False)
+        else:
+            eprint(line, self.stderr)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if hasattr(self._records, "close"):
+                self._records.close()  # the engine lets go of its threads and its cluster now
+            if self.bar is not None:
+                self.bar.stop()
+        finally:
+            self._installed.__exit__(*exc)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signals.signum is not None
+
+    def exit_code(self, failed: int) -> int:
+        return int(self.signals.exit_code(failed))
