@@ -61,7 +61,7 @@ def default_batch_size(batch_size: int | None, device_type: str) -> int:
     return batch_size or (8 if device_type == "cpu" else 64)
 
 
-def check_device(device: str, precision: Precision, engine: Engine) -> str:
+def check_device(device: str, precision: Precision) -> str:
     """The device's spelling, and the precision rules that need no hardware to answer."""
     name = device.strip().lower()
     if not _DEVICE.fullmatch(name):
@@ -84,7 +84,7 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
     started: the engine starts it (`Listing.start`) when it is ready to consume. `sources`: sources listed
     already (evaluate's labelled images), taken in place of listing `inputs`."""
     precision, engine = Precision(precision), Engine(engine)
-    device = check_device(device, precision, engine)
+    device = check_device(device, precision)
     resolved = resolve(arch, weights, resize, crop)
     if topk is not None and restrict is not None and topk > len(restrict):
         raise UsageError(f"--topk {topk} is more than the {len(restrict)} classes predictions are restricted to")
