@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Iterator
 
 from . import errors as E
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, first_line
 
 SCHEMES = ("s3://", "gs://", "gcs://")
 INSTALL_HINT = "pip install 'resnet-classify[cloud]'"
@@ -39,11 +39,6 @@ def filesystem(uri: str):
     return pafs.FileSystem.from_uri(uri)
 
 
-def _oneline(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def list_uri(uri: str, recursive: bool, is_image_name) -> Iterator[tuple[str, InputError | None]]:
     """(uri, error) for the object `uri` names, or for each image object under the prefix it names."""
     if not available():
@@ -62,7 +57,7 @@ def list_uri(uri: str, recursive: bool, is_image_name) -> Iterator[tuple[str, In
             return
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
     except Exception as exc:  # credentials, network, an unknown bucket: one failure record, not a crash
-        yield uri, InputError(E.UNREADABLE_FOLDER, f"cannot list: {_oneline(exc)}")
+        yield uri, InputError(E.UNREADABLE_FOLDER, f"cannot list: {first_line(exc)}")
         return
     base = path.rstrip("/")
     found = []
@@ -88,7 +83,7 @@ def read_object(uri: str, max_bytes: int) -> bytes:
     except PermissionError:
         raise InputError(E.PERMISSION_DENIED, "permission denied") from None
     except Exception as exc:
-        raise InputError(E.DOWNLOAD_FAILED, f"cannot read: {_oneline(exc)}") from None
+        raise InputError(E.DOWNLOAD_FAILED, f"cannot read: {first_line(exc)}") from None
     if len(data) > max_bytes:
         raise InputError(E.TOO_LARGE, f"larger than {max_bytes:,} bytes")
     return data

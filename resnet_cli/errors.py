@@ -50,6 +50,12 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class InputError(ResnetCliError):
     """One input cannot be classified. `kind` is the stable, documented error type of the failure record."""
 

@@ -9,7 +9,7 @@ fp16 (CUDA, MPS). Softmax is always taken in float32.
 
 An image's answer depends on the image and the options only, to the last bit. Kernel libraries pick their
 algorithms by tensor shape (oneDNN computes an image in a batch of 1, 2 or 3 differently from one in a batch of
-8, measured), so the network always runs on the same shape: chunks of `FORWARD_BATCH` images, the last one
+8, measured), so the network always runs on the same shape: chunks of `forward_batch()` images, the last one
 padded with blank images. The batch an image lands in, its batch mates, `--batch-size`, the engine and the
 thread count then change nothing: the padding costs a one-image run 7 images' worth of compute on a CPU
 (docs/benchmarks.md has the measurement), and nothing to full batches.
@@ -63,11 +63,6 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "mps" and dtype == torch.bfloat16:
         raise UsageError("--precision bf16 is not supported on mps; use fp16")
     return dtype
-
-
-def topk_for(job, num_classes: int) -> int:
-    """--topk, or by default 5, or every class of a model with fewer."""
-    return job.topk if job.topk is not None else min(5, num_classes)
 
 
 def load_for(job, device: torch.device | None = None, *, check_here: bool = True):

@@ -56,6 +56,11 @@ class Job:
     embed: bool = False  # Embedding records (the head's input vector) instead of top-k predictions
 
 
+def topk_for(topk: int | None, num_classes: int) -> int:
+    """--topk, or by default 5, or every class of a model with fewer."""
+    return topk if topk is not None else min(5, num_classes)
+
+
 def default_batch_size(batch_size: int | None, device_type: str) -> int:
     """Images per forward pass: 8 on a CPU, 64 on a GPU (docs/benchmarks.md has the measurements)."""
     return batch_size or (8 if device_type == "cpu" else 64)

@@ -19,6 +19,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 
 from .errors import UsageError
+from .job import topk_for
 from .records import Failure, Prediction, Record, Success, from_dict
 from .writers import Format
 
@@ -89,7 +90,7 @@ def check_resumable(previous: Iterable[Success], weights, topk: int | None) -> N
                 f"--resume: the file holds results of {r.arch} with {r.weights}; this run uses {arch} with "
                 f"{name}. Resume with the same --arch and --weights, or write to another file."
             )
-        expected = topk if topk is not None else min(5, weights.num_classes or len(r.topk))
+        expected = topk_for(topk, weights.num_classes or len(r.topk))
         if (r.resize, r.crop) != (pre.resize, pre.crop) or len(r.topk) != expected:
             raise UsageError(
                 f"--resume: the file holds results at resize {r.resize}, crop {r.crop}, top-{len(r.topk)}; this "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import net
 from .console import progress_bar
-from .errors import PROG, UsageError, WeightsUnavailable
+from .errors import PROG, UsageError, WeightsUnavailable, first_line
 from .registry import ArchSpec, WeightsSpec, categories
 from .resolve import Resolved
 
@@ -115,10 +115,9 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(
                 f"checkpoint {path}: refused, it holds more than tensors and loading it could run code "
-                f"(weights_only=True: {first})"
+                f"(weights_only=True: {first_line(exc)})"
             ) from None
         except Exception as exc:
             raise UsageError(f"checkpoint {path}: not a readable PyTorch checkpoint ({exc})") from None

@@ -17,7 +17,7 @@ import typer
 
 from ..console import eprint, isatty, print_data
 from ..errors import UsageError
-from ..job import Engine, Precision, make_job
+from ..job import Engine, Precision, make_job, topk_for
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
                        QuietOpt, RayAddressOpt, Report, ResizeOpt, WorkersOpt)
 from .stream import RecordStream
@@ -138,7 +138,7 @@ def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device,
     found = labelled.match(data_set.labels, classes, wnids, model=name)
     truth = [found[label] for label in data_set.labels]
     present = sorted(set(truth))
-    topk = min(5, len(present) if restrict else len(classes))
+    topk = topk_for(None, len(present) if restrict else len(classes))
     job = make_job([], sources=data_set.sources, arch=resolved.arch.name, weights=resolved.name, topk=topk,
                    device=device, precision=precision, batch_size=batch_size, workers=workers, offline=offline,
                    labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,

@@ -145,12 +145,12 @@ def extract(sources, resolved, job_args: dict):
     or through the engine (and then into the cache)."""
     from .. import probe
 
-    device_type = "cpu" if job_args["device"] in ("cpu", "auto") else job_args["device"].split(":")[0]
-    if job_args["device"] == "auto":
-        import torch
+    from ..inference import resolve_device
+    from ..job import check_device
 
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    cache = probe.FeatureCache(probe.model_key(resolved, Precision(job_args["precision"]).value, device_type))
+    precision = Precision(job_args["precision"])
+    device_type = resolve_device(check_device(job_args["device"], precision)).type  # what "auto" picks here
+    cache = probe.FeatureCache(probe.model_key(resolved, precision.value, device_type))
     features, digests, todo = {}, {}, []
     unique = list(dict.fromkeys(sources))  # a path listed twice is read once
     for s in unique:

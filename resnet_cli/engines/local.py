@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ..job import Job, default_batch_size
+from ..job import Job, default_batch_size, topk_for
 from ..pipeline import Decoder, classify, default_window, default_workers
 from ..records import Record
 
@@ -19,12 +19,12 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     decoder = Decoder(job.inputs, job.weights.preprocess, workers=workers, fast_decode=job.fast_decode,
                       window=default_window(job.batch_size or 64, workers), stop=stop, network=job.network)
     try:
-        from ..inference import Predictor, load_for, topk_for
+        from ..inference import Predictor, load_for
 
         device, dtype, loaded = load_for(job)
         batch_size = default_batch_size(job.batch_size, device.type)
         predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype,
-                              topk=topk_for(job, loaded.num_classes),
+                              topk=topk_for(job.topk, loaded.num_classes),
                               restrict=job.restrict)
         yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
                             stop=stop, embed=job.embed)

@@ -39,8 +39,8 @@ import warnings
 from collections.abc import Iterator
 
 from .. import errors as E
-from ..errors import InputError, UsageError
-from ..job import RAY_HINT, Job, default_batch_size
+from ..errors import InputError, UsageError, first_line
+from ..job import RAY_HINT, Job, default_batch_size, topk_for
 from ..pipeline import Prepared, default_workers, prepare, stack, to_records
 from ..records import Failure, Record
 from ..sources import Source
@@ -49,11 +49,6 @@ from ..sources import Source
 # get work, few enough that the driver's bookkeeping per block stays small for millions of inputs.
 MAX_BLOCKS = 2000
 STOP_WAIT_S = 30.0  # after a stop, how long to wait for Ray's batch in flight before shutting Ray down
-
-
-def _oneline(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---- decoding (Ray tasks) ----
@@ -175,7 +170,7 @@ def _connect(ray, address: str | None, num_cpus: int) -> bool:
             ray.init(address="local", num_cpus=num_cpus, **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise UsageError(f"cannot start or reach {where}: {_oneline(exc)}") from None
+        raise UsageError(f"cannot start or reach {where}: {first_line(exc)}") from None
     return True
 
 
@@ -247,8 +242,6 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
              dtype):
     from ray.data import ActorPoolStrategy
 
-    from ..inference import topk_for
-
     items = [{"index": i, "path": _to_bytes(s.path),
               "error_type": None if s.error is None else s.error.kind,
               "error_message": None if s.error is None else _to_bytes(s.error.message)}
@@ -265,7 +258,7 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
         fn_constructor_kwargs={
             "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
             "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype,
-            "topk": topk_for(job, len(loaded.labels)),
+            "topk": topk_for(job.topk, len(loaded.labels)),
             "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network, "restrict": job.restrict,
             "embed": job.embed,
         })
