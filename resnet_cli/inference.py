@@ -104,6 +104,7 @@ class Predictor:
         self.restrict = None if restrict is None else torch.tensor(sorted(restrict), device=device)
         self.chunk = forward_batch(device.type)
         self.feature_dim = module.fc.in_features  # the length of `embed`'s vectors
+        self.module = module
         if device.type == "cpu" and fused.available():
             self.forward = fused.FusedResNet(module, dtype, self.chunk, preprocess.crop)
         else:
@@ -145,3 +146,33 @@ class Predictor:
         n, chunks = self._chunks(batch_u8)
         features = self.forward.features
         return torch.cat([features(x).float() for x in chunks])[:n].cpu()
+
+    def explain(self, batch_u8: torch.Tensor, method: str, position: int, target: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`__call__`'s (top-k probabilities, top-k indices), from the very same forward pass, and for each image
+        (target index, its probability, its (crop, crop) class activation map from `method` at block number
+        `position`; cam.py). `target` None: each image's top-1 class.
+
+        The maps come from the eager module, not the fused kernels: folding BatchNorm into the convolutions
+        moves activations by float rounding only, but a map taken before layer4's last block passes through
+        ReLUs on the way to the gradient, and there that rounding moved the normalised maps of a test model by
+        up to 2e-3 from torchvision's arithmetic; the eager module's agree within 1e-5 (tests/test_explain.py).
+        """
+        from . import cam
+
+        self.module.requires_grad_(False)  # the maps need the activations' gradient only
+        dtype = next(self.module.parameters()).dtype
+        n, chunks = self._chunks(batch_u8)
+        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
+        for x in chunks:
+            with torch.no_grad():
+                probs = torch.softmax(self.forward(x).float(), dim=1)
+                v, i = probs.topk(self.topk, dim=1)
+                t = i[:, 0] if target is None else torch.full_like(i[:, 0], target)
+                p = probs.gather(1, t[:, None])[:, 0]
+                block = cam.eager_prefix(self.module, x.to(dtype).contiguous(), position)
+            m = cam.maps(method, lambda a: cam.eager_suffix(self.module, a, position), block, t,
+                         self.preprocess.crop)
+            for part, value in zip(parts, (v, i, t, p, m)):
+                part.append(value)
+        return tuple(torch.cat(part)[:n].cpu() for part in parts)

@@ -36,6 +36,16 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
+class Explain:
+    """What `explain` asks of the engine for each image (cam.py)."""
+
+    method: str  # gradcam, gradcam++ or layercam
+    layer: str  # a block's name: layer4.2
+    position: int  # its index among all residual blocks
+    target: int | None = None  # the class explained; None: each image's top-1
+
+
+@dataclass(frozen=True)
 class Job:
     """One run of the network over a stream of inputs. Engines read it; nothing in it is torch."""
 
@@ -54,6 +64,8 @@ class Job:
     ray_address: str | None = None
     restrict: tuple[int, ...] | None = None  # predict among these class indices only (evaluate --restrict)
     embed: bool = False  # Embedding records (the head's input vector) instead of top-k predictions
+    explain: Explain | None = None  # each success also gets its class activation map (local engine)
+    view: int | None = None  # each success keeps its picture at most this many pixels wide (overlay, report)
 
 
 def topk_for(topk: int | None, num_classes: int) -> int:
@@ -84,7 +96,8 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
              offline: bool = False, labels: str | None = None, fast_decode: bool = False,
              resize: int | None = None, crop: int | None = None, quiet: bool = False,
              engine: Engine = Engine.local, ray_address: str | None = None, sources=None,
-             restrict: tuple[int, ...] | None = None, embed: bool = False) -> Job:
+             restrict: tuple[int, ...] | None = None, embed: bool = False, explain: Explain | None = None,
+             view: int | None = None) -> Job:
     """Check the options that involve each other and build the job. Raises UsageError. Listing has not
     started: the engine starts it (`Listing.start`) when it is ready to consume. `sources`: sources listed
     already (evaluate's labelled images), taken in place of listing `inputs`."""
@@ -116,4 +129,5 @@ def make_job(inputs: list[str], *, arch: str | None = None, weights: str = "DEFA
     return Job(inputs=listing, weights=resolved, topk=topk, device=device, precision=precision,
                batch_size=batch_size, workers=workers, fast_decode=fast_decode, network=network,
                labels_file=labels, quiet=quiet, engine=engine, ray_address=ray_address,
-               restrict=None if restrict is None else tuple(sorted(restrict)), embed=embed)
+               restrict=None if restrict is None else tuple(sorted(restrict)), embed=embed, explain=explain,
+               view=view)

@@ -43,6 +43,30 @@ def _crop_origin(full: int, crop: int) -> int:
     return int(round((full - crop) / 2.0))
 
 
+def crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:
+    """Where the center crop of `resize_and_crop` lies in the original image: (left, top, right, bottom) in its
+    pixels (past its edges where the crop is padded)."""
+    new_w, new_h = resized_size(width, height, pre.resize)
+    left, top = _crop_origin(new_w, pre.crop), _crop_origin(new_h, pre.crop)
+    sx, sy = width / new_w, height / new_h
+    return (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
+
+
+def view_of(img: Image.Image, pre: Preprocess, size: int):
+    """records.View of a decoded image: a copy at most `size` pixels on its longer side, and the crop's box."""
+    from .records import View
+
+    width, height = img.size
+    scale = min(1.0, size / max(width, height))
+    view = img
+    if scale < 1.0:
+        view = img.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                          Image.Resampling.BILINEAR, reducing_gap=2.0)
+    sx, sy = view.width / width, view.height / height
+    left, top, right, bottom = crop_box(width, height, pre)
+    return View(view, (left * sx, top * sy, right * sx, bottom * sy))
+
+
 def resize_and_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
     """The PIL half of `weights.transforms()`: an RGB image of `pre.crop` x `pre.crop`."""
     width, height = img.size

@@ -37,6 +37,8 @@ class Format(str, enum.Enum):
 
 CSV_COLUMNS = ["path", "arch", "weights", "resize", "crop", "rank", "index", "label", "probability",
                "error_type", "error_message"]
+# explain's CSV: the same rows, each with its image's explanation (docs/output.md)
+EXPLAIN_COLUMNS = ["method", "layer", "target_index", "target_label", "target_probability", "overlay", "map"]
 
 def dumps(obj) -> str:
     """Compact JSON, UTF-8 friendly (no \\u escapes for ordinary non-ASCII), lone surrogates escaped."""
@@ -129,11 +131,13 @@ class JsonWriter(Writer):
 
 
 class CsvWriter(Writer):
-    def __init__(self, out: BinaryIO, atomic: AtomicFile | None = None, owned: bool = False) -> None:
+    def __init__(self, out: BinaryIO, atomic: AtomicFile | None = None, owned: bool = False, *,
+                 explain: bool = False) -> None:
         super().__init__(out, atomic, owned)
         self._buf = io.StringIO()
         self._csv = csv.writer(self._buf, lineterminator="\n")
-        self._row(CSV_COLUMNS)
+        self._explain = explain
+        self._row(CSV_COLUMNS + (EXPLAIN_COLUMNS if explain else []))
 
     def _row(self, row) -> None:
         self._csv.writerow(row)
@@ -143,11 +147,16 @@ class CsvWriter(Writer):
 
     def _write(self, record: Record) -> None:
         if isinstance(record, Failure):
-            self._row([record.path, "", "", "", "", "", "", "", "", record.type, record.message])
+            self._row([record.path, "", "", "", "", "", "", "", "", record.type, record.message]
+                      + [""] * len(EXPLAIN_COLUMNS) * self._explain)
         else:
+            extra = []
+            if self._explain:
+                e = record.explanation
+                extra = [e.method, e.layer, e.index, e.label, repr(e.probability), e.overlay or "", e.map or ""]
             for p in record.topk:
                 self._row([record.path, record.arch, record.weights, record.resize, record.crop, p.rank,
-                           p.index, p.label, repr(p.probability), "", ""])
+                           p.index, p.label, repr(p.probability), "", ""] + extra)
         self.out.flush()
 
 
@@ -181,6 +190,11 @@ class TableWriter(Writer):
         self.console.print(f"[bold]{name}[/]  [dim]{escape(record.weights)}, "
                            f"resize {record.resize}, crop {record.crop}[/]", soft_wrap=True)
         self.console.print(table)
+        e = record.explanation
+        if e is not None:
+            where = f" → {escape(printable(e.overlay))}" if e.overlay else ""
+            self.console.print(f"  [dim]{e.method} at {e.layer} of[/] {escape(e.label)} "
+                               f"({e.probability:.2%}){where}", soft_wrap=True)
 
     def close(self, ok: bool = True) -> None:
         self._text.flush()
@@ -200,17 +214,17 @@ def format_for_output(path: str | None, stdout_is_tty: bool) -> Format:
 
 
 def open_writer(fmt: Format, output: str | None, *, stdout: BinaryIO, color: bool | None = None,
-                replace: bool = False) -> Writer:
+                replace: bool = False, explain: bool = False) -> Writer:
     """The writer for a run: stdout, or `output`. JSON Lines go into the file as they come (a crash loses
     nothing finished); json and csv, and JSON Lines with `replace` (a resumed run rewriting its file), into a
     temporary file renamed over `output` when complete."""
     cls = WRITERS[fmt]
-    kwargs = {"color": color} if fmt is Format.table else {}
+    kwargs = {"color": color} if fmt is Format.table else {"explain": explain} if fmt is Format.csv else {}
     if output is None:
         return cls(stdout, **kwargs)
     if not can_replace_atomically(output):
         return cls(open(output, "wb"), owned=True, **kwargs)
     if fmt is Format.jsonl and not replace:
-        return cls(open(output, "wb"), owned=True)
+        return cls(open(output, "wb"), owned=True, **kwargs)
     atomic = AtomicFile(output)
     return cls(atomic.file, atomic, **kwargs)

@@ -6,11 +6,12 @@ A new command is a new module here plus one line in `COMMANDS` below; `cli.py` r
 
 from __future__ import annotations
 
-from . import arch, classify, embed, evaluate, models, similar, train
+from . import arch, classify, embed, evaluate, explain, models, similar, train
 
 # (name, function, takes no arguments -> show help); the first is the default command.
 COMMANDS = (
     ("classify", classify.command, True),
+    ("explain", explain.command, True),
     ("evaluate", evaluate.command, True),
     ("embed", embed.command, True),
     ("similar", similar.command, True),

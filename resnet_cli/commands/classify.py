@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, BinaryIO, Optional, TextIO
+from typing import Annotated, BinaryIO, Callable, Optional, TextIO
 
 import typer
 
@@ -21,6 +21,7 @@ from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, Fas
                        NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
                        TopkOpt, WeightsOpt, WorkersOpt)
 from ..records import Record
+from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
 from ..writers import Format, format_for_output, open_writer
 
@@ -28,6 +29,10 @@ FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", case_sensitive=False, show_default=False,
     help="Default: a table on a terminal, else jsonl; with --output, by the file's extension (.json, .csv, "
     ".txt = table, else jsonl).")]
+ReportOpt = Annotated[Optional[str], typer.Option(
+    "--report", metavar="FILE.html", show_default=False,
+    help="Also write a self-contained HTML page to browse the results: a card per input with its thumbnail "
+    "and labels, search, sort and filters.")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run: keep --output's successes, retry its failures, classify the "
     "rest.")]
@@ -41,6 +46,7 @@ def command(
     format: FormatOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
+    report: ReportOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = None,
@@ -58,17 +64,18 @@ def command(
 ) -> None:
     """Classify images; print the top-k ImageNet classes of each, in input order."""
     fmt = check_output(format, output, resume)
+    check_report(report, resume)
     job = make_job(inputs, arch=arch, weights=weights, topk=topk, device=device, precision=precision,
                    batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
                    offline=offline, labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet,
-                   engine=engine, ray_address=ray_address)
+                   engine=engine, ray_address=ray_address, view=REPORT_VIEW if report else None)
     previous = []
     if resume:
         from ..resume import previous_successes
 
         previous = previous_successes(output, fmt, job.weights, topk)
         job.inputs.skip = frozenset(r.path for r in previous)
-    raise typer.Exit(run(job, fmt, output, previous))
+    raise typer.Exit(run(job, fmt, output, previous, report=report))
 
 
 def check_output(fmt: Format | None, output: str | None, resume: bool) -> Format:
@@ -80,25 +87,39 @@ def check_output(fmt: Format | None, output: str | None, resume: bool) -> Format
     return fmt or format_for_output(output, stdout_is_tty=isatty(sys.stdout))
 
 
-def check_writable(output: str) -> None:
+def check_report(report: str | None, resume: bool = False) -> None:
+    """--report: an .html file that can be created, and not with --resume (a page covers one whole run)."""
+    if not report:
+        return
+    if resume:
+        raise UsageError("--report covers one whole run; it cannot be combined with --resume")
+    if not report.lower().endswith((".html", ".htm")):
+        raise UsageError(f"--report {report}: give an .html file")
+    check_writable(report, "--report")
+
+
+def check_writable(output: str, option: str = "--output") -> None:
     """--output must be creatable (or replaceable) before any work starts, not found out after the model loads."""
     if os.path.isdir(output):
-        raise UsageError(f"--output {output} is a folder; give a file name")
+        raise UsageError(f"{option} {output} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
-        raise UsageError(f"--output {output}: folder {folder} does not exist")
+        raise UsageError(f"{option} {output}: folder {folder} does not exist")
     if os.path.exists(output) and not os.access(output, os.W_OK):
-        raise UsageError(f"--output {output}: not writable")
+        raise UsageError(f"{option} {output}: not writable")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {output}: cannot create files in {folder}")
+        raise UsageError(f"{option} {output}: cannot create files in {folder}")
 
 
 def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), *, stdout: BinaryIO | None = None,
-        stderr: TextIO | None = None) -> int:
+        stderr: TextIO | None = None, report: str | None = None, each: Callable[[Record], Record] | None = None,
+        description: str = "classifying", title: str = "resnet-classify", explain: bool = False) -> int:
     """Classify the job's inputs and write the records (with `previous`, the records --resume keeps, each in
     its place); returns the exit code. The output is opened only once the engine has its first record (a usage
     error while the model loads leaves an earlier --output as it was), and finished (renamed into place) even
-    when the run is interrupted; an unexpected error leaves an earlier file untouched."""
+    when the run is interrupted; an unexpected error leaves an earlier file untouched. `report`: also an HTML
+    page (report.py), finished like the output. `each`: what a command does to each record before it is
+    written (explain writes the overlay)."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr
     reorder = _in_place(job, previous) if previous else None
@@ -107,22 +128,36 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
     # A bar when results go elsewhere: results printed on the same terminal show the progress themselves, and a
     # bar redrawn between them would garble both. A table on the terminal already shows each failure in its
     # place, in red: the same line again on stderr, the same terminal, would only repeat it.
-    stream = RecordStream(job, "classifying", bar=not (isatty(stdout) and not output),
+    stream = RecordStream(job, description, bar=not (isatty(stdout) and not output),
                           failure_lines=not (color and isatty(stderr)), stderr=stderr, records=reorder)
     writer, failed, ok = None, 0, False
+    page = None
+    if report:
+        from ..report import HtmlReport
+
+        page = HtmlReport(report, title=title,
+                          subtitle=f"{job.weights.arch.name}, {job.weights.name}")
     with stream:
         try:
             for rec in stream:
+                if each is not None:
+                    rec = each(rec)
                 if writer is None:
-                    writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous))
+                    writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous),
+                                         explain=explain)
                 writer.write(rec)
+                if page is not None:
+                    page.add(rec)
                 failed += not rec.ok
             if writer is None:
-                writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous))
+                writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous),
+                                     explain=explain)
             ok = True
         finally:
             if writer is not None:
                 writer.close(ok=ok)
+            if page is not None:
+                page.close(ok=ok)
         code = stream.exit_code(failed)
     if writer.count == 0 and fmt is Format.table and not job.quiet:
         eprint("no images to classify", stderr)

@@ -17,7 +17,8 @@ from ..records import Record
 def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     workers = job.workers or default_workers()
     decoder = Decoder(job.inputs, job.weights.preprocess, workers=workers, fast_decode=job.fast_decode,
-                      window=default_window(job.batch_size or 64, workers), stop=stop, network=job.network)
+                      window=default_window(job.batch_size or 64, workers), stop=stop, network=job.network,
+                      view=job.view)
     try:
         from ..inference import Predictor, load_for
 
@@ -27,7 +28,7 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
                               topk=topk_for(job.topk, loaded.num_classes),
                               restrict=job.restrict)
         yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
-                            stop=stop, embed=job.embed)
+                            stop=stop, embed=job.embed, explain=job.explain)
     finally:
         decoder.close()
         job.inputs.close()
