@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..job import Engine, Precision, make_job, topk_for
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
                        QuietOpt, RayAddressOpt, Report, ResizeOpt, WorkersOpt)
+from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
 
 
@@ -50,6 +51,10 @@ def command(
         help="Also write the confusion matrix: counts as CSV, or a picture normalised by row (needs "
         "pip install 'resnet-classify[plot]'). With several models, one file each, named after the model.")]
     = None,
+    report: Annotated[Optional[str], typer.Option(
+        "--report", metavar="FILE.html", show_default=False,
+        help="Also write a self-contained HTML page: the metrics, the confusion matrix, the misclassified "
+        "images, and a card per image to search and filter. With several models, one file each.")] = None,
     restrict: Annotated[bool, typer.Option(
         "--restrict", help="Predict among the classes present in DATA only (for a subset of ImageNet).")] = False,
     labels: LabelsOpt = None,
@@ -80,6 +85,10 @@ def command(
         raise UsageError(f"--predictions {predictions}: give a .jsonl file")
     if confusion:
         _check_confusion(confusion)
+    if report:
+        from .classify import check_report
+
+        check_report(report)
     models = _models(arch, weights)
     data_set = labelled.read(data)
     if data_set.left_out and not quiet:
@@ -96,11 +105,12 @@ def command(
                                          device=device, precision=precision, fast_decode=fast_decode,
                                          resize=resize, crop=crop, workers=workers, offline=offline, quiet=quiet,
                                          engine=engine, ray_address=ray_address, predictions=pred_file,
-                                         several=len(runs) > 1)
+                                         several=len(runs) > 1,
+                                         report=report and _named_for(report, resolved, len(runs) > 1))
             results.append(result)
             code = max(code, run_code)
             if confusion:
-                _write_confusion(_confusion_path(confusion, result, len(runs) > 1), result)
+                _write_confusion(_named_for(confusion, resolved, len(runs) > 1), result)
             if run_code >= 128:
                 break  # interrupted: the models not started yet are not run
         if pred_file is not None:
@@ -126,7 +136,8 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
 
 
 def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
-              crop, workers, offline, quiet, engine, ray_address, predictions, several: bool) -> tuple[dict, int]:
+              crop, workers, offline, quiet, engine, ray_address, predictions, several: bool,
+              report: str | None = None) -> tuple[dict, int]:
     from .. import labelled, registry
     from ..metrics import Evaluation
     from ..weights import class_names
@@ -142,22 +153,39 @@ def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device,
     job = make_job([], sources=data_set.sources, arch=resolved.arch.name, weights=resolved.name, topk=topk,
                    device=device, precision=precision, batch_size=batch_size, workers=workers, offline=offline,
                    labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
-                   ray_address=ray_address, restrict=tuple(present) if restrict else None)
+                   ray_address=ray_address, restrict=tuple(present) if restrict else None,
+                   view=REPORT_VIEW if report else None)
     evaluation = Evaluation(present, classes)
+    page = None
+    if report:
+        from ..report import HtmlReport
+
+        page = HtmlReport(report, title="resnet-classify evaluate", subtitle=f"{name}, {resolved.name}")
     start = time.perf_counter()
-    with RecordStream(job, f"evaluating {name}" if several else "evaluating", total=len(truth)) as stream:
-        for record, true_index in zip(stream, truth):
-            evaluation.add(record, true_index)
-            if predictions is not None:
-                predictions.file.write((dumps({**record.to_dict(), "label": classes[true_index]}) + "\n")
-                                       .encode("utf-8"))
-        seconds = time.perf_counter() - start
-        code = stream.exit_code(len(evaluation.failures))
+    try:
+        with RecordStream(job, f"evaluating {name}" if several else "evaluating", total=len(truth)) as stream:
+            for record, true_index in zip(stream, truth):
+                evaluation.add(record, true_index)
+                if predictions is not None:
+                    predictions.file.write((dumps({**record.to_dict(), "label": classes[true_index]}) + "\n")
+                                           .encode("utf-8"))
+                if page is not None:
+                    page.add(record, true_label=classes[true_index])
+            seconds = time.perf_counter() - start
+            code = stream.exit_code(len(evaluation.failures))
+    except BaseException:
+        if page is not None:
+            page.close(ok=False)
+        raise
     if stream.interrupted:
         eprint(f"interrupted: the results cover the first {evaluation.images} of {len(truth)} images")
     summary = evaluation.summary()
     result = {"arch": name, "weights": resolved.name, **summary,
               "images_per_second": round(summary["evaluated"] / seconds, 2) if seconds > 0 else None}
+    if page is not None:
+        from ..report import evaluation_summary
+
+        page.close(summary=evaluation_summary(result, page.ids))
     result["_resolved"] = resolved  # for the leaderboard's size columns; not part of the JSON
     return result, code
 
@@ -282,12 +310,13 @@ def _check_confusion(path: str) -> None:
             raise UsageError("--confusion FILE.png needs matplotlib: pip install 'resnet-classify[plot]'")
 
 
-def _confusion_path(path: str, result: dict, several: bool) -> str:
+def _named_for(path: str, resolved, several: bool) -> str:
+    """A per-model file's name (--confusion, --report): `path` for one model, else `stem-ARCH-WEIGHTS.ext`."""
     if not several:
         return path
     stem, dot, ext = path.rpartition(".")
-    weights = result["weights"].rsplit("/", 1)[-1].replace(".", "_")
-    return f"{stem}-{result['arch']}-{weights}.{ext}"
+    weights = resolved.name.rsplit("/", 1)[-1].replace(".", "_")
+    return f"{stem}-{resolved.arch.name}-{weights}.{ext}"
 
 
 def _write_confusion(path: str, result: dict) -> None:
