@@ -9,6 +9,7 @@ the table shows medians, ratios of medians, and each configuration's peak RSS. N
     python benchmarks/bench.py --runs 5 --sets imagenet --only ours,seeds
     python benchmarks/bench.py --agreement          # bf16 / fast-decode agreement with the exact path
     python benchmarks/bench.py --memory             # peak RSS: 100 against 10,000 images
+    python benchmarks/bench.py --memory-explain     # explain's peak RSS: 100 against 1,000 images
     python benchmarks/bench.py --only ours --baseline ../old-checkout   # this code against another checkout
 """
 
@@ -94,6 +95,9 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
                           "-f", "json"],
         "ours embed": [CLI, "embed", folder, "-a", "resnet50", "-w", ckpt, "-q", "-o",
                        str(Path(folder).parent / "embeddings.npy")],
+        "ours explain": [CLI, "explain", folder, "-a", "resnet50", "-w", ckpt, "-q", "-f", "jsonl", "--out",
+                         str(Path(folder).parent / "explanations")],
+        "ours --report": ours + ["--report", str(Path(folder).parent / "report.html")],
     }
     if baseline:
         base = [*cli_of(baseline), *ours[1:]]
@@ -106,6 +110,8 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
     else:
         out.pop("ours evaluate")  # one set is enough to compare evaluate and embed with classify
         out.pop("ours embed")
+        out.pop("ours explain")
+        out.pop("ours --report")
         out.pop("openvino")
         out.pop("ours --precision bf16")
         out.pop("baseline --precision bf16", None)
@@ -195,6 +201,26 @@ def memory(env_work: Path, n_large: int = 10_000) -> list[dict]:
     return rows
 
 
+def memory_explain(env_work: Path, sizes=(100, 1000)) -> list[dict]:
+    """Peak RSS of explain (with --report) on 100 against 1,000 photo-sized JPEGs (500x375): the maps, the
+    overlays and the report's cards must not pile up."""
+    from checkpoints import make_checkpoint
+    from images import make_set
+
+    ckpt = env_work / "resnet50-seeded.pth"
+    if not ckpt.exists():
+        make_checkpoint("resnet50", ckpt)
+    rows = []
+    for n in sizes:
+        folder = make_set("imagenet", env_work / f"explain{n}", n)
+        wall, peak = run([CLI, "explain", str(folder), "-a", "resnet50", "-w", str(ckpt), "-q", "-f", "jsonl",
+                          "--out", str(env_work / f"explanations{n}"), "--report", str(env_work / f"r{n}.html")])
+        rows.append({"set": f"explain{n}", "images": n, "config": "ours explain --report", "median_s": round(wall, 1),
+                     "img_per_s": round(n / wall, 1), "peak_rss_mb": round(peak)})
+    rows[-1]["rss_growth_mb"] = rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
+    return rows
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
@@ -213,6 +239,8 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--agreement", action="store_true", help="only measure bf16 / fast-decode agreement")
     ap.add_argument("--memory", action="store_true", help="only measure peak RSS, 100 vs 10,000 images")
+    ap.add_argument("--memory-explain", action="store_true",
+                    help="only measure explain's peak RSS, 100 vs 1,000 images")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
                     help="also run the resnet-classify of another checkout (a git worktree of an older commit)")
@@ -224,6 +252,8 @@ def main() -> None:
     print(f"machine: {results['machine']}")
     if args.memory:
         results["rows"] = memory(Path(args.work))
+    elif args.memory_explain:
+        results["rows"] = memory_explain(Path(args.work))
     elif args.agreement:
         results["agreement"] = agreement(env)
     else:

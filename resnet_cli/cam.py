@@ -58,6 +58,10 @@ def block_position(name: str, arch: ArchSpec) -> int:
     return block_names(arch).index(name)
 
 
+def block_count(module: nn.Module) -> int:
+    return len(_blocks(module))
+
+
 def _blocks(module: nn.Module) -> list[nn.Module]:
     return [blk for layer in (module.layer1, module.layer2, module.layer3, module.layer4) for blk in layer]
 

@@ -111,6 +111,10 @@ class FusedResNet:
 
     def features(self, x: Tensor) -> Tensor:
         """The globally average-pooled layer4 map, (N, channels), in the run's dtype."""
+        return self.layer4(x).mean((2, 3))
+
+    def layer4(self, x: Tensor) -> Tensor:
+        """The last block's output, (N, channels, h, w): what the pooling and the head receive."""
         x = F.max_pool2d(self.stem(x), kernel_size=3, stride=2, padding=1)
         for main, last, down in self.blocks:
             # The residual buffer receives the block's output. The first block's input is the max-pool's fresh
@@ -121,4 +125,8 @@ class FusedResNet:
             for conv in main:
                 out = conv(out)
             x = last.add_relu_into(out, residual)
-        return x.mean((2, 3))
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        """Logits, as `__call__` gives them, from `layer4`'s output."""
+        return F.linear(x.mean((2, 3)), self.fc_weight, self.fc_bias).float()

@@ -153,24 +153,37 @@ class Predictor:
         (target index, its probability, its (crop, crop) class activation map from `method` at block number
         `position`; cam.py). `target` None: each image's top-1 class.
 
-        The maps come from the eager module, not the fused kernels: folding BatchNorm into the convolutions
-        moves activations by float rounding only, but a map taken before layer4's last block passes through
-        ReLUs on the way to the gradient, and there that rounding moved the normalised maps of a test model by
-        up to 2e-3 from torchvision's arithmetic; the eager module's agree within 1e-5 (tests/test_explain.py).
+        Which activations the map is computed from:
+        - layer4's last block, on the fused CPU path: the fused pass's own. Only the pooling and the linear head
+          follow that block, so the gradient is the head's weights whatever the activations, and the map is a
+          linear function of them: BatchNorm folded into the convolutions moves it by float rounding only
+          (4e-6 from torchvision's arithmetic, measured). The map then costs almost nothing over classify.
+        - any earlier block: the eager module's, recomputed from the input. There the gradient passes through
+          ReLUs on its way back, which amplify the fused path's rounding: it moved a test model's normalised
+          layer3 maps by up to 3e-3 from torchvision's, where the eager module's agree within 1e-5
+          (tests/test_explain.py).
         """
-        from . import cam
+        from . import cam, fused
 
         self.module.requires_grad_(False)  # the maps need the activations' gradient only
         dtype = next(self.module.parameters()).dtype
+        last = position == cam.block_count(self.module) - 1
+        reuse = last and isinstance(self.forward, fused.FusedResNet)
         n, chunks = self._chunks(batch_u8)
         parts: list[list[torch.Tensor]] = [[], [], [], [], []]
         for x in chunks:
             with torch.no_grad():
-                probs = torch.softmax(self.forward(x).float(), dim=1)
+                if reuse:
+                    block = self.forward.layer4(x)
+                    logits = self.forward.head(block)
+                    block = block.to(dtype)
+                else:
+                    logits = self.forward(x).float()
+                    block = cam.eager_prefix(self.module, x.to(dtype).contiguous(), position)
+                probs = torch.softmax(logits.float(), dim=1)
                 v, i = probs.topk(self.topk, dim=1)
                 t = i[:, 0] if target is None else torch.full_like(i[:, 0], target)
                 p = probs.gather(1, t[:, None])[:, 0]
-                block = cam.eager_prefix(self.module, x.to(dtype).contiguous(), position)
             m = cam.maps(method, lambda a: cam.eager_suffix(self.module, a, position), block, t,
                          self.preprocess.crop)
             for part, value in zip(parts, (v, i, t, p, m)):

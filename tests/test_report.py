@@ -58,7 +58,7 @@ class Page:
 
     def cards(self, visible_only: bool = True) -> list[dict]:
         return self.page.eval_on_selector_all(
-            "#cards > article.card",
+            "#cards article.card",
             "(cs, vis) => cs.filter(c => !vis || !c.hidden).map(c => ({...c.dataset, "
             "imgs: Array.from(c.querySelectorAll('img'), i => i.src)}))", visible_only)
 
@@ -142,7 +142,7 @@ def test_classify_report_in_a_real_browser(browser, folder, checkpoint, cli, tmp
         assert image.size == (1280, 900)
         # the cards' photos are drawn: a screenshot of a blank or unstyled page has a handful of colours
         assert len(image.getcolors(1 << 20)) > 2000
-        first = page.page.locator("#cards > article.card img").first.bounding_box()
+        first = page.page.locator("#cards article.card img").first.bounding_box()
         assert first["width"] > 100 and first["height"] > 60
     finally:
         page.close()
