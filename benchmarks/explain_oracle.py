@@ -306,6 +306,25 @@ def dist_sizes() -> tuple[dict[str, int], list[str]]:
     return sizes, extra
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its waited-for children)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
+
+
+def others_report(start: tuple[float, float], wall_start: float) -> None:
+    """One line: how much CPU other processes took while a section ran (the machine may be shared)."""
+    busy, ours_ = cpu_seconds()
+    other = max(0.0, (busy - start[0]) - (ours_ - start[1]))
+    capacity = (time.perf_counter() - wall_start) * (os.cpu_count() or 1)
+    share = other / capacity
+    flag = "  <- NOT a quiet machine: timings above are unreliable, run again" if share > 0.05 else ""
+    print(f"   [other processes: {other:.1f} CPU-s of {capacity:.0f} available ({share:.0%}) during this section]{flag}")
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -414,12 +433,13 @@ def main() -> None:
     load = os.getloadavg()
     print(f"explain vs pytorch-grad-cam | {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()} | load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if "import" in sections:
-        section_import(args.runs)
-    if "speed" in sections:
-        section_speed(args.runs, args.warmup)
-    if "memory" in sections:
-        section_memory(args.memory_arch, args.batches)
+    runners = {"import": lambda: section_import(args.runs), "speed": lambda: section_speed(args.runs, args.warmup),
+               "memory": lambda: section_memory(args.memory_arch, args.batches)}
+    for name, section in runners.items():
+        if name in sections:
+            start, wall_start = cpu_seconds(), time.perf_counter()
+            section()
+            others_report(start, wall_start)
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
 
 

@@ -109,7 +109,9 @@ def test_help_reads_well_at_80_columns():
 
 
 def test_shell_completion_is_available():
-    res = subprocess.run([sys.executable, "-m", "resnet_cli", "--show-completion", "bash"], cwd=ROOT,
+    # Typer finds the shell among the process's parents (`--show-completion` takes no value): run it from bash,
+    # as a user does (`; true` keeps bash from replacing itself with the command).
+    res = subprocess.run(["bash", "-c", f"'{sys.executable}' -m resnet_cli --show-completion; true"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "_RESNET_CLASSIFY_COMPLETE=complete_bash" in res.stdout
     # and the script's protocol completes command names and options

@@ -72,12 +72,9 @@ def thumbnail_sizes(src: str) -> tuple[int, int]:
 
 
 @pytest.fixture
-def folder(tmp_path) -> Path:
+def folder(photos_dir) -> Path:
     """The sample photos, a broken file in the middle, and a name that needs escaping in HTML."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for p in PHOTOS:
-        shutil.copy(p, folder / p.name)
+    folder = photos_dir
     (folder / "d_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     shutil.copy(PHOTOS[0], folder / 'e <b>"odd" & name.png')
     return folder

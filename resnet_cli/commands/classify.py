@@ -113,13 +113,14 @@ def check_writable(output: str, option: str = "--output") -> None:
 
 def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), *, stdout: BinaryIO | None = None,
         stderr: TextIO | None = None, report: str | None = None, each: Callable[[Record], Record] | None = None,
-        description: str = "classifying", title: str = "resnet-classify", explain: bool = False) -> int:
+        description: str = "classifying", title: str = "resnet-classify classify") -> int:
     """Classify the job's inputs and write the records (with `previous`, the records --resume keeps, each in
     its place); returns the exit code. The output is opened only once the engine has its first record (a usage
     error while the model loads leaves an earlier --output as it was), and finished (renamed into place) even
     when the run is interrupted; an unexpected error leaves an earlier file untouched. `report`: also an HTML
     page (report.py), finished like the output. `each`: what a command does to each record before it is
-    written (explain writes the overlay)."""
+    written (explain writes the overlay); `description` names the work on the progress bar, `title` the
+    report."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr
     reorder = _in_place(job, previous) if previous else None
@@ -130,13 +131,13 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
     # place, in red: the same line again on stderr, the same terminal, would only repeat it.
     stream = RecordStream(job, description, bar=not (isatty(stdout) and not output),
                           failure_lines=not (color and isatty(stderr)), stderr=stderr, records=reorder)
+    explain = job.explain is not None  # the csv writer adds the explanation's columns
     writer, failed, ok = None, 0, False
     page = None
     if report:
         from ..report import HtmlReport
 
-        page = HtmlReport(report, title=title,
-                          subtitle=f"{job.weights.arch.name}, {job.weights.name}")
+        page = HtmlReport(report, title=title, subtitle=f"{job.weights.arch.name}, {job.weights.name}")
     with stream:
         try:
             for rec in stream:
@@ -162,7 +163,9 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
     if writer.count == 0 and fmt is Format.table and not job.quiet:
         eprint("no images to classify", stderr)
     if stream.interrupted:  # even with --quiet: the user must learn how to continue
-        where = f" to {output}; add --resume to the same command to continue" if output else ""
+        where = f" to {output}" if output else ""
+        if output and not explain:
+            where += "; add --resume to the same command to continue"
         eprint(f"interrupted: {writer.count} record{'s' if writer.count != 1 else ''} written{where}", stderr)
     return code
 

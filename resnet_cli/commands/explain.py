@@ -89,7 +89,7 @@ def command(
                    offline=offline, labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet,
                    explain=spec, view=OVERLAY_SIZE)
     raise typer.Exit(run(job, fmt, output, report=report, each=_Files(out, maps, keep=bool(report)),
-                         description="explaining", title="resnet-classify explain", explain=True))
+                         description="explaining", title="resnet-classify explain"))
 
 
 def _check_out(out: str) -> None:
@@ -137,9 +137,12 @@ class _Files:
         e = record.explanation
         stem = os.path.join(self.out, self.names(record.path))
         picture = render(record.view, e.cam)
-        save_overlay(picture, stem + ".png")
-        if self.maps:
-            save_map(e.cam, stem + ".npy")
+        try:
+            save_overlay(picture, stem + ".png")
+            if self.maps:
+                save_map(e.cam, stem + ".npy")
+        except OSError as exc:  # a full disk, a folder removed under the run: no further overlay can be written
+            raise UsageError(f"--out {self.out}: cannot write {stem}.png: {exc.strerror or exc}") from None
         e = dataclasses.replace(e, overlay=stem + ".png", map=stem + ".npy" if self.maps else None,
                                 picture=picture if self.keep else None, cam=None)
         return dataclasses.replace(record, explanation=e, view=record.view if self.keep else None)
