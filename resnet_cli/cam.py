@@ -12,12 +12,16 @@ then normalised as pytorch-grad-cam does it, so its maps and ours agree (tests/t
 per image (x - min, / (1e-7 + max)), bilinear upsampling to the crop size (OpenCV's INTER_LINEAR: half-pixel
 centres, edges clamped, no antialiasing), min-max again.
 
-The methods are implemented here rather than taken from the grad-cam package, which is the tests' oracle: it
-imports OpenCV, matplotlib, scikit-learn and scipy (about 1.5 s more start-up, measured in docs/explain.md),
-keeps activations and gradients of every batch on hooks, and computes gradients for every parameter of the
-network. Here a batch costs one forward pass (the same one classify runs, so the records are classify's to the
-byte) plus, from the chosen block's output on, a forward and backward pass in which only the activations
-require a gradient: nothing is computed for the parameters and nothing outlives the batch.
+The methods are implemented here rather than taken from the grad-cam package, which is the tests' oracle
+(benchmarks/explain_oracle.py measured both; docs/explain.md has the numbers): importing it costs 3.4 s after
+torch (it brings torchvision, scikit-learn, pandas, scipy, matplotlib and OpenCV, 437 MB installed); it runs
+the unfused network and computes the gradient of every parameter, 4.3 times our time for a batch of 16 at
+layer4; and between calls it keeps the last batch's output, autograd graph and parameter gradients alive,
+0.5 to 1.7 GB more resident memory. Here, at layer4's last block on the CPU, the map comes from classify's
+own fused forward pass (inference.Predictor.explain), and a map costs a forward and backward pass of the
+pooling and the head; at an earlier block, a forward pass of the eager network up to the block, and from there
+a forward and backward pass in which only the activations require a gradient. Nothing is computed for the
+parameters and nothing outlives the batch.
 """
 
 from __future__ import annotations
