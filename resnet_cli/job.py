@@ -65,7 +65,7 @@ class Job:
     restrict: tuple[int, ...] | None = None  # predict among these class indices only (evaluate --restrict)
     embed: bool = False  # Embedding records (the head's input vector) instead of top-k predictions
     explain: Explain | None = None  # each success also gets its class activation map (local engine)
-    view: int | None = None  # each success keeps its picture at most this many pixels wide (overlay, report)
+    view: int | None = None  # each success keeps its picture, this many pixels on its longer side at most
 
 
 def topk_for(topk: int | None, num_classes: int) -> int:
