@@ -18,6 +18,17 @@ def most_confused(labels: list[str], matrix: list[list[int]], limit: int = MAX_C
     return sorted(chosen)
 
 
+def confusion_grid(labels: list[str], matrix: list[list[int]]) -> tuple[list[int], list[list[int]], bool]:
+    """What a picture or a table of the matrix shows: (the classes kept, by `most_confused`; their rows' counts
+    over the kept classes plus one last column, "other", where the columns of the classes left out join the
+    predictions outside the data, so that every row still sums to its support; whether classes were left out)."""
+    keep = most_confused(labels, matrix)
+    kept = set(keep)
+    rest = [j for j in range(len(labels) + 1) if j not in kept]
+    grid = [[matrix[i][j] for j in keep] + [sum(matrix[i][j] for j in rest if j < len(matrix[i]))] for i in keep]
+    return keep, grid, len(keep) < len(labels)
+
+
 def confusion_png(out: BinaryIO, labels: list[str], matrix: list[list[int]], *, title: str) -> None:
     """Rows are true classes, columns predicted ones plus "other" (a class outside the data); each row is
     normalised to sum to 1, so a cell is the share of that class's images predicted as the column's class."""
@@ -27,14 +38,8 @@ def confusion_png(out: BinaryIO, labels: list[str], matrix: list[list[int]], *, 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    keep = most_confused(labels, matrix)
-    other = len(labels)
-    counts = np.array(matrix, dtype=float)
-    # Columns of classes left out join "other": every row still sums to its support.
-    dropped = [j for j in range(other) if j not in set(keep)]
-    cols = counts[:, keep]
-    rest = counts[:, [*dropped, other]].sum(axis=1, keepdims=True)
-    grid = np.hstack([cols, rest])[keep]
+    keep, rows, dropped = confusion_grid(labels, matrix)
+    grid = np.array(rows, dtype=float)
     support = grid.sum(axis=1, keepdims=True)
     share = np.divide(grid, support, out=np.zeros_like(grid), where=support > 0)
 

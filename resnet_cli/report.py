@@ -167,7 +167,7 @@ class HtmlReport:
 def evaluation_summary(result: dict, ids: dict[str, str]) -> str:
     """evaluate's section: the metrics, the confusion matrix as a coloured table (row-normalised; over 50
     classes the most confused ones, as the picture), and a gallery of the misclassified images."""
-    from .plots import most_confused
+    from .plots import confusion_grid
 
     def cell(v) -> str:
         return f"<td>{v}</td>"
@@ -178,20 +178,16 @@ def evaluation_summary(result: dict, ids: dict[str, str]) -> str:
              cell(f'{result["weighted"]["f1"]:.3f}'), cell(result["evaluated"]), cell(result["failed"]),
              "</tr></table>"]
     labels = result["confusion"]["labels"]
-    matrix = result["confusion"]["matrix"]
-    keep = most_confused(labels, matrix)
-    dropped = [j for j in range(len(labels)) if j not in set(keep)]
+    keep, grid, dropped = confusion_grid(labels, result["confusion"]["matrix"])
     shown = (f"the {len(keep)} most confused of {len(labels)} classes" if dropped else f"{len(keep)} classes")
     parts.append(f'<h2>Confusion matrix</h2><p class="sub">rows: true class (images); columns: predicted; '
                  f'{shown}; colour: the share of the row</p><div class="scroll"><table class="confusion">'
                  '<tr><th></th>' + "".join(f'<th class="col"><span>{html.escape(labels[j])}</span></th>'
                                            for j in keep) + '<th class="col"><span>other</span></th></tr>')
-    for i in keep:
-        row = matrix[i]
-        cols = [row[j] for j in keep] + [sum(row[j] for j in [*dropped, len(labels)] if j < len(row))]
+    for i, row in zip(keep, grid):
         support = sum(row)
         cells = []
-        for j, count in zip([*keep, None], cols):
+        for j, count in zip([*keep, None], row):
             share = count / support if support else 0.0
             kind = "d" if j == i else "o"
             style = f' style="--s:{share:.3f}"' if count else ""
