@@ -72,7 +72,7 @@ def _blocks(module: nn.Module) -> list[nn.Module]:
 
 def eager_prefix(module: nn.Module, x: Tensor, position: int) -> Tensor:
     """The output of block number `position` (the stem and every block up to it)."""
-    x = module.maxpool(module.relu(module.bn1(module.conv1(x))))
+    x = module.stem(x)
     for blk in _blocks(module)[:position + 1]:
         x = blk(x)
     return x

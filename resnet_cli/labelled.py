@@ -119,10 +119,12 @@ def _normal(name: str) -> str:
     return " ".join(re.split(r"[\s_\-]+", name.strip())).casefold()
 
 
-def match(names: Iterable[str], classes: tuple[str, ...], wnids: tuple[str, ...] | None = None,
-          model: str = "the model") -> dict[str, int]:
+def match(names: Iterable[str], classes: tuple[str, ...], model: str = "the model") -> dict[str, int]:
     """{label: class index} for every distinct label; one usage error listing every label that names no
-    class or several. `wnids`: the WordNet id of each class, when the classes are ImageNet-1K's."""
+    class or several. When the classes are ImageNet-1K's, a label may also be a class's WordNet id."""
+    from . import registry
+
+    wnids = registry.wnids() if tuple(classes) == registry.categories() else None
     by_name: dict[str, list[int]] = {}
     for i, c in enumerate(classes):
         by_name.setdefault(_normal(c), []).append(i)

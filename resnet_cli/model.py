@@ -111,9 +111,13 @@ class ResNet(nn.Module):
                    for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stem(self, x: Tensor) -> Tensor:
+        """conv 7x7 stride 2, BN, ReLU, max-pool: what layer1 receives."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def features(self, x: Tensor) -> Tensor:
         """What the classifier head receives: layer4's map, globally average-pooled (N, 512 * expansion)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 

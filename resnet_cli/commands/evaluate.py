@@ -138,15 +138,14 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
 def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
               crop, workers, offline, quiet, engine, ray_address, predictions, several: bool,
               report: str | None = None) -> tuple[dict, int]:
-    from .. import labelled, registry
+    from .. import labelled
     from ..metrics import Evaluation
     from ..weights import class_names
     from ..writers import dumps
 
     classes = class_names(resolved, labels)
-    wnids = registry.wnids() if classes == registry.categories() else None
     name = resolved.arch.name
-    found = labelled.match(data_set.labels, classes, wnids, model=name)
+    found = labelled.match(data_set.labels, classes, model=name)
     truth = [found[label] for label in data_set.labels]
     present = sorted(set(truth))
     topk = topk_for(None, len(present) if restrict else len(classes))

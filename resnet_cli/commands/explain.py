@@ -107,13 +107,12 @@ def _target(target: str, resolved, labels_file: str | None) -> int | None:
     """--target as a class index (None: each image's top-1); a label that names no class is a usage error."""
     if target.strip().lower() == "top1":
         return None
-    from .. import labelled, registry
+    from .. import labelled
     from ..weights import class_names
 
     classes = class_names(resolved, labels_file)
-    wnids = registry.wnids() if classes == registry.categories() else None
     try:
-        return labelled.match([target.strip()], classes, wnids, model=resolved.arch.name)[target.strip()]
+        return labelled.match([target.strip()], classes, model=resolved.arch.name)[target.strip()]
     except UsageError as exc:
         raise UsageError(f"--target {target}: {exc}") from None
 
