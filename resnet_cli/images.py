@@ -4,7 +4,11 @@ Order of work for a file: read its header (Pillow's `open` is lazy), refuse it i
 `MAX_PIXELS` (a decompression bomb is refused before any of it is decoded), optionally let the JPEG decoder
 downscale in the DCT domain (`--fast-decode`), decode, apply the EXIF orientation (users classify what they
 see), take the first frame of animated or multi-page files, and convert to RGB as the reference code does.
-16-bit and 32-bit greyscale are scaled to 8 bits first (Pillow's convert would clip them to white).
+16-bit and 32-bit integer and float greyscale are brought to 8 bits first by the rule in docs/output.md
+(Pillow's convert would clip them to white or black).
+
+Only the raster formats the documentation lists are opened (`RASTER_FORMATS`): Pillow also reads EPS, which
+runs Ghostscript on the file, and a dozen rarer formats; a file one of them would claim is `unsupported_format`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import stat
 import warnings
 from typing import BinaryIO
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from . import errors as E
 from .errors import InputError
@@ -29,6 +34,39 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a
 # and stderr stays one line per file. A filter set once: `warnings.catch_warnings` is not thread-safe, and
 # the decode threads would undo each other's.
 warnings.filterwarnings("ignore", module=r"PIL\.")
+
+# Metadata is not pixels: Pillow refuses a PNG whose ICC profile or XMP/text chunk inflates past 1 MiB, where
+# libpng (torchvision) reads it. Each chunk may inflate to METADATA_MAX and the text chunks together to as
+# much (Pillow holds them in `info`); past that the file is a zip bomb in its metadata and is refused.
+METADATA_MAX = 64 * 2**20
+PngImagePlugin.MAX_TEXT_CHUNK = METADATA_MAX
+PngImagePlugin.MAX_TEXT_MEMORY = METADATA_MAX
+
+# The raster formats docs/output.md lists, as Pillow names them (MPO is read by the JPEG plugin; HEIF exists
+# only where the pillow-heif plugin is registered). TGA last: it has no signature, Pillow tries it on anything.
+RASTER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "ICO", "JPEG2000", "AVIF", "HEIF",
+                  "TGA")
+_GREY16 = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _raster_formats() -> list[str]:
+    Image.init()  # every plugin registered (at once after the first call), so that the list below is complete
+    return [f for f in RASTER_FORMATS if f in Image.OPEN]
+
+
+def _other_format(prefix: bytes) -> str | None:
+    """The Pillow format, outside RASTER_FORMATS, whose signature check accepts these first 16 bytes (only the
+    check runs, never the plugin), or None."""
+    for fmt, (_, accept) in list(Image.OPEN.items()):
+        if fmt in RASTER_FORMATS or accept is None:
+            continue
+        try:
+            verdict = accept(prefix)
+        except Exception:
+            continue
+        if verdict and not isinstance(verdict, str):  # a str is Pillow's "almost, but not supported"
+            return fmt
+    return None
 
 
 _MAGIC = {
@@ -44,6 +82,10 @@ def _sniff(head: bytes) -> tuple[str, str]:
             return E.CORRUPT, f"{name} file with a damaged or truncated header"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return E.CORRUPT, "WebP file with a damaged or truncated header"
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return E.UNSUPPORTED_FORMAT, "PostScript/EPS is not read (a vector format); export it as PNG or JPEG first"
+    if head.startswith(b"%PDF-"):
+        return E.UNSUPPORTED_FORMAT, "PDF is a document, not an image; export the page as PNG or JPEG first"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
         return E.UNSUPPORTED_FORMAT, "SVG is a vector format; render it to PNG first"
@@ -58,6 +100,10 @@ def _sniff(head: bytes) -> tuple[str, str]:
         return E.NOT_AN_IMAGE, "HTML document, not an image"
     if text[:1] in (b"{", b"["):
         return E.NOT_AN_IMAGE, "JSON text, not an image"
+    other = _other_format(head[:16])
+    if other:
+        return E.UNSUPPORTED_FORMAT, (f"{other} images are not read (JPEG, PNG, GIF, BMP, WebP, TIFF, PNM, TGA, "
+                                      "ICO, JPEG 2000 and AVIF are)")
     if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:512]):
         return E.NOT_AN_IMAGE, "text file, not an image"
     return E.NOT_AN_IMAGE, "not a recognised image format"
@@ -66,6 +112,9 @@ def _sniff(head: bytes) -> tuple[str, str]:
 def _classify_decode_error(exc: BaseException) -> InputError:
     msg = str(exc) or type(exc).__name__
     low = msg.lower()
+    if "max_text_chunk" in low or "text chunks" in low:  # PngImagePlugin's two metadata limits
+        return InputError(E.DECOMPRESSION_BOMB, f"refused as a decompression bomb: its metadata (ICC profile, "
+                                                f"XMP or text chunks) inflates past {METADATA_MAX >> 20} MiB")
     if isinstance(exc, Image.DecompressionBombError) or "decompressed data too large" in low:
         return InputError(E.DECOMPRESSION_BOMB, f"refused as a decompression bomb: {msg}")
     if "truncated" in low or "premature end" in low or isinstance(exc, EOFError):
@@ -75,17 +124,44 @@ def _classify_decode_error(exc: BaseException) -> InputError:
     return InputError(E.CORRUPT, f"corrupt image data ({type(exc).__name__}: {msg})")
 
 
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (I;16*), 32-bit integer (I) or 32-bit float (F) greyscale image as 8-bit L, by the rule in
+    docs/output.md: I;16* as v >> 8; F within [0, 1] as round(v * 255), other F truncated to integers and read
+    as I; I up to 255 as is, up to 65535 as v >> 8, beyond as v >> (bits of the largest value - 8). Raises
+    `InputError` (unsupported_format) for negative, NaN or infinite values: no display range fits them."""
+    a = np.asarray(img)
+    if img.mode in _GREY16:
+        return Image.fromarray((a >> 8).astype(np.uint8), "L")
+    what = "32-bit float" if img.mode == "F" else "32-bit integer"
+    if img.mode == "F":
+        if not np.isfinite(a).all():
+            raise InputError(E.UNSUPPORTED_FORMAT, f"{what} greyscale with NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi <= 1:
+            return Image.fromarray(np.rint(a * 255).astype(np.uint8), "L")
+        if lo >= 0 and hi < 2**31:
+            a = a.astype(np.int32)  # truncated, as a cast to integers does
+    lo, hi = a.min().item(), a.max().item()
+    if lo < 0 or hi >= 2**31:
+        raise InputError(E.UNSUPPORTED_FORMAT, f"{what} greyscale with values from {lo:g} to {hi:g}: only "
+                                               "values from 0 up are read (see the pixel-mode rule in the docs)")
+    shift = 0 if hi <= 255 else 8 if hi <= 65535 else int(hi).bit_length() - 8
+    return Image.fromarray((a >> shift).astype(np.uint8), "L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        img = img.convert("I")
-        img = img.point(lambda v: v * (1 / 256)).convert("L")
-    elif img.mode == "I":
-        lo, hi = img.getextrema()
-        scale = 1 / 256 if hi > 255 else 1
-        img = img.point(lambda v: v * scale).convert("L")
-    if img.mode == "P" and "transparency" in img.info:
+    """Any pixel mode Pillow opens as the RGB picture a viewer shows (alpha dropped, as the reference code
+    does); `InputError` (unsupported_format) for a mode with no such picture."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _GREY16 or img.mode in ("I", "F"):
+        img = _grey_to_8bit(img)
+    elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # the documented way; a direct P -> RGB warns about palette transparency
-    return img.convert("RGB") if img.mode != "RGB" else img
+    try:
+        return img.convert("RGB")
+    except ValueError:  # Pillow has no conversion for this mode
+        raise InputError(E.UNSUPPORTED_FORMAT, f"pixel mode {img.mode} cannot be shown as RGB") from None
 
 
 def decode(fp: BinaryIO, *, draft_min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -100,7 +176,7 @@ def decode(fp: BinaryIO, *, draft_min_side: int | None = None, max_pixels: int =
     fp.seek(0)
     try:
         try:
-            img = Image.open(fp)
+            img = Image.open(fp, formats=_raster_formats())
         except UnidentifiedImageError:
             fp.seek(0)
             kind, reason = _sniff(fp.read(1024))
