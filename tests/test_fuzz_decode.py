@@ -3,7 +3,8 @@ never another exception (the pipeline would report it as internal_error, a bug) 
 
 Seeds are small (64x64) files of every format the tool reads, made from a colour photo: JPEG (baseline and
 progressive), PNG (RGB, RGBA, palette, interlaced), GIF (still and animated), TIFF (raw, LZW, multi-page), WebP
-(lossy and lossless) and BMP; they are mutated (truncated, bytes set or bit-flipped, cut, inserted, spliced
+(lossy and lossless) and BMP, and every pixel mode a file opens in (1, L, LA, P, PA, I;16, I;16B, I, F, CMYK,
+YCbCr, LAB, in PNG, TIFF, PGM and PFM, the greyscale ones at 8, 16, 20-bit and 0..1 float ranges); they are mutated (truncated, bytes set or bit-flipped, cut, inserted, spliced
 with another seed's tail, chunks repeated), with positions biased towards the headers where parsers decide
 what to allocate and read. Each example decodes in a worker thread bounded by a real timeout, so a hang fails
 the example instead of stalling CI. Decoding goes through `resnet_cli.images` (open_local for a file on disk,
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import io
 import threading
+
+import numpy as np
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -57,8 +60,27 @@ def _seed_files() -> dict[str, bytes]:
         "lossless.webp": save(rgba, "WEBP", lossless=True),
         "photo.bmp": save(photo, "BMP"),
     }
+    grey = np.asarray(photo.convert("L"), dtype=np.int64)
+    g16 = grey * 256 + np.random.default_rng(0).integers(0, 256, grey.shape)
+    seeds.update({
+        "mode_1.png": save(photo.convert("1"), "PNG"),
+        "mode_L.tiff": save(photo.convert("L"), "TIFF"),
+        "mode_LA.tiff": save(photo.convert("LA"), "TIFF"),
+        "mode_PA.tiff": save(photo.convert("P").convert("PA"), "TIFF"),
+        "mode_I16.tiff": save(Image.frombytes("I;16", (64, 64), g16.astype("<u2").tobytes()), "TIFF"),
+        "mode_I16B.tiff": save(Image.frombytes("I;16B", (64, 64), g16.astype(">u2").tobytes()), "TIFF"),
+        "mode_I16.png": save(Image.frombytes("I;16", (64, 64), g16.astype("<u2").tobytes()), "PNG"),
+        "mode_I16.pgm": save(Image.frombytes("I;16", (64, 64), g16.astype("<u2").tobytes()), "PPM"),
+        "mode_I_20bit.tiff": save(Image.fromarray((g16 * 16).astype(np.int32), "I"), "TIFF"),
+        "mode_F_0_1.tiff": save(Image.fromarray((grey / 255).astype(np.float32), "F"), "TIFF"),
+        "mode_F_0_1.pfm": save(Image.fromarray((grey / 255).astype(np.float32), "F"), "PPM"),
+        "mode_CMYK.tiff": save(photo.convert("CMYK"), "TIFF"),
+        "mode_YCbCr.tiff": save(photo.convert("YCbCr"), "TIFF"),
+        "mode_LAB.tiff": save(photo.convert("LAB"), "TIFF"),
+    })
     for name, data in seeds.items():  # every seed is a valid file of its format to begin with
-        fmt = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "tiff": "TIFF", "webp": "WEBP", "bmp": "BMP"}
+        fmt = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "tiff": "TIFF", "webp": "WEBP", "bmp": "BMP", "pgm": "PPM",
+               "pfm": "PPM"}
         assert Image.open(io.BytesIO(data)).format == fmt[name.rsplit(".", 1)[1]], name
     return seeds
 
@@ -168,9 +190,13 @@ def test_a_decode_that_hangs_fails_at_the_timeout():
 
 
 def test_the_seed_files_themselves_decode():
-    """The mutations start from valid files of each format: unmutated, each one classifies."""
+    """The mutations start from valid files of each format and mode: unmutated, each one classifies, and none
+    comes out as a uniform (black or white) picture."""
     from resnet_cli.images import open_bytes
 
     for name, data in SEEDS.items():
         img = open_bytes(data)
         assert img.mode == "RGB" and img.size == (64, 64), name
+        assert np.asarray(img).std() > 20, f"{name}: decoded to a (nearly) uniform picture"
+    modes = {Image.open(io.BytesIO(data)).mode for data in SEEDS.values()}
+    assert {"1", "L", "LA", "P", "PA", "I;16", "I;16B", "I", "F", "RGB", "RGBA", "CMYK", "YCbCr", "LAB"} <= modes

@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -103,10 +101,14 @@ def _other_format_files() -> dict[str, bytes]:
 
 @pytest.mark.timeout(120)
 def test_postscript_and_other_unlisted_formats_are_unsupported_and_ghostscript_never_runs(
-        tmp_path, checkpoint, fake_gs):
-    """A fresh process (Pillow remembers whether it found Ghostscript), the fake `gs` first on PATH; explicit
-    files, the same files in a scanned folder, and an HTML report of the run."""
+        tmp_path, checkpoint, cli, fake_gs, monkeypatch):
+    """Explicit files, the same files in a scanned folder, and an HTML report of the run, with the fake `gs`
+    first on PATH (and Pillow's memory of where Ghostscript is cleared, so that it would look it up again)."""
+    from PIL import EpsImagePlugin
+
     path, marker = fake_gs
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None, raising=False)
     files = _other_format_files()
     explicit = tmp_path / "explicit"
     folder = tmp_path / "folder"
@@ -117,13 +119,10 @@ def test_postscript_and_other_unlisted_formats_are_unsupported_and_ghostscript_n
         (folder / name).write_bytes(data)
     _photo().save(folder / "real_photo.png")  # the run goes on around the refused files
     out, report = tmp_path / "out.jsonl", tmp_path / "report.html"
-    args = [str(explicit / n) for n in files] + [str(folder)]
-    res = subprocess.run(
-        [sys.executable, "-m", "resnet_cli", *args, "--arch", "resnet18", "--weights", str(checkpoint("resnet18")),
-         "-f", "jsonl", "-o", str(out), "--report", str(report)],
-        env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=110)
+    res = cli(*(explicit / n for n in files), folder, "--arch", "resnet18", "--weights", checkpoint("resnet18"),
+              "-f", "jsonl", "-o", out, "--report", report)
     assert not marker.exists(), f"Ghostscript was started: {marker.read_text()!r}"
-    assert res.returncode == 1, res.stderr
+    assert res.code == 1, res.stderr
     assert "Traceback" not in res.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     by_path = {r["path"]: r for r in records}
