@@ -239,7 +239,7 @@ def _failure(exc: BaseException, deadline: _Deadline) -> NetworkError:
                                                "or ends early)")
     if isinstance(exc, http.client.InvalidURL):
         return NetworkError(E.DOWNLOAD_FAILED, f"invalid URL ({_quote(first_line(exc))})")
-    if isinstance(exc, (http.client.HTTPException, ValueError)):  # ValueError: a chunk size that is no number
+    if isinstance(exc, (http.client.HTTPException, ValueError)):  # ValueError: a Location that is no URL
         return NetworkError(E.DOWNLOAD_FAILED,
                             f"malformed response from the server ({type(exc).__name__}: {_quote(first_line(exc))})")
     return NetworkError(E.DOWNLOAD_FAILED, f"connection failed ({_quote(first_line(exc))})")
@@ -312,25 +312,27 @@ def download(url: str, dest: Path, *, sha256_prefix: str | None, timeout: float 
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        with _Deadline(timeout) as deadline:
-            try:
-                with os.fdopen(fd, "wb") as out, _open(url, deadline) as resp:
-                    total = resp.headers.get("Content-Length")
-                    total = int(total) if total and total.isdigit() else None
-                    done = 0
-                    while chunk := resp.read1(1 << 20):
-                        deadline.extend()
-                        out.write(chunk)
-                        digest.update(chunk)
-                        done += len(chunk)
-                        if progress:
-                            progress(done, total)
-                    deadline.check()
-                    _check_complete(resp, done)
-                    out.flush()
-                    os.fsync(out.fileno())
-            except _REQUEST_ERRORS as exc:
-                raise _failure(exc, deadline) from None
+        with _Deadline(timeout) as deadline, os.fdopen(fd, "wb") as out, _open(url, deadline) as resp:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            done = 0
+            while True:
+                try:  # errors of the request only: one writing the file is not the network's
+                    chunk = resp.read1(1 << 20)
+                    if not chunk:
+                        deadline.check()
+                        _check_complete(resp, done)
+                        break
+                except _REQUEST_ERRORS as exc:
+                    raise _failure(exc, deadline) from None
+                deadline.extend()
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            out.flush()
+            os.fsync(out.fileno())
         if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
             raise NetworkError(
                 E.DOWNLOAD_FAILED,

@@ -147,22 +147,32 @@ def read_paths(stream: BinaryIO, null_separated: bool = False) -> Iterator[str |
             return _too_long(entry, size)
         return os.fsdecode(entry) if entry else None
 
+    def add(piece: bytes) -> None:
+        nonlocal size, last
+        if piece:
+            size += len(piece)
+            last = piece[-1:]
+            if len(pending) < keep:
+                pending.extend(piece[:keep - len(pending)])
+
     while chunk := read(65536):
-        start = 0
-        while True:
-            at = chunk.find(sep, start)
-            piece = chunk[start:] if at < 0 else chunk[start:at]
-            if piece:
-                size += len(piece)
-                last = piece[-1:]
-                if len(pending) < keep:
-                    pending += piece[:keep - len(pending)]
-            if at < 0:
-                break
+        # Each chunk is split once: the pending entry ends at its first separator, the entries between two
+        # separators are whole, and the piece after the last one starts the next pending entry.
+        *whole, tail = chunk.split(sep)
+        if whole:
+            add(whole[0])
             if (item := finish()) is not None:
                 yield item
             pending.clear()
-            size, last, start = 0, b"", at + 1
+            size, last = 0, b""
+            for entry in whole[1:]:
+                if not null_separated and entry.endswith(b"\r"):
+                    entry = entry[:-1]
+                if len(entry) >= PATH_MAX:
+                    yield _too_long(entry, len(entry))
+                elif entry:
+                    yield os.fsdecode(entry)
+        add(tail)
     if size and (item := finish()) is not None:
         yield item
 
