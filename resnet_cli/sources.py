@@ -100,23 +100,81 @@ def _expand_one(arg: str, recursive: bool, allow_glob: bool, network: Network) -
         yield Source(arg)  # a missing file fails when it is opened, with the precise reason
 
 
-def read_paths(stream: BinaryIO, null_separated: bool = False) -> Iterator[str]:
-    """Paths from a byte stream, lazily: one a line (CR LF tolerated) or NUL-separated; blank entries skipped.
-    Bytes that are not UTF-8 survive (surrogateescape), so the record's path still names the file."""
+def _path_max() -> int:
+    """The system's limit on a path, in bytes with the terminating NUL (4096 on Linux, 1024 on macOS)."""
+    try:
+        return os.pathconf("/", "PC_PATH_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 4096
+
+
+PATH_MAX = _path_max()
+_BOM = b"\xef\xbb\xbf"
+_SHOWN_BYTES = 64  # how much of a path too long to open a record names
+
+
+def _too_long(head: bytes, size: int) -> Source:
+    """The failure record of a stdin entry of `size` bytes that no file can have; named by its first bytes."""
+    return Source(os.fsdecode(head[:_SHOWN_BYTES]) + "...", InputError(
+        E.NOT_FOUND, f"no such file: a path of {size:,} bytes on stdin, longer than the system allows "
+                     f"({PATH_MAX - 1:,} bytes)"))
+
+
+def read_paths(stream: BinaryIO, null_separated: bool = False) -> Iterator[str | Source]:
+    """Paths from a byte stream, lazily: one a line (CR LF tolerated) or NUL-separated; blank entries skipped,
+    a UTF-8 byte-order mark at the start of the stream ignored. Bytes that are not UTF-8 survive
+    (surrogateescape), so the record's path still names the file.
+
+    Linear time, bounded memory: an entry longer than the system's path limit (`PATH_MAX` bytes) is not kept
+    but counted to its end, and comes out as a failed `Source` (not_found, named by its first bytes)."""
     sep = b"\0" if null_separated else b"\n"
-    buf = b""
-    while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
-        buf += chunk
-        *lines, buf = buf.split(sep)
-        for line in lines:
-            if not null_separated:
-                line = line.rstrip(b"\r")
-            if line:
-                yield os.fsdecode(line)
-    if not null_separated:
-        buf = buf.rstrip(b"\r")
-    if buf:
-        yield os.fsdecode(buf)
+    read = stream.read1 if hasattr(stream, "read1") else stream.read
+    keep = PATH_MAX + len(_BOM) + 1  # enough of an entry to tell a path (with a BOM and a CR) from one too long
+    pending = bytearray()  # the entry being read, up to `keep` bytes
+    size = 0  # its length in bytes, kept or not
+    last = b""  # its last byte
+    first = True  # the stream's first entry, where a BOM may be
+
+    def finish() -> str | Source | None:
+        nonlocal first, size
+        entry = bytes(pending)
+        if first and entry.startswith(_BOM):
+            entry, size = entry[len(_BOM):], size - len(_BOM)
+        first = False
+        if not null_separated and last == b"\r":
+            entry, size = (entry[:-1] if size == len(entry) else entry), size - 1
+        if size >= PATH_MAX:
+            return _too_long(entry, size)
+        return os.fsdecode(entry) if entry else None
+
+    def add(piece: bytes) -> None:
+        nonlocal size, last
+        if piece:
+            size += len(piece)
+            last = piece[-1:]
+            if len(pending) < keep:
+                pending.extend(piece[:keep - len(pending)])
+
+    while chunk := read(65536):
+        # Each chunk is split once: the pending entry ends at its first separator, the entries between two
+        # separators are whole, and the piece after the last one starts the next pending entry.
+        *whole, tail = chunk.split(sep)
+        if whole:
+            add(whole[0])
+            if (item := finish()) is not None:
+                yield item
+            pending.clear()
+            size, last = 0, b""
+            for entry in whole[1:]:
+                if not null_separated and entry.endswith(b"\r"):
+                    entry = entry[:-1]
+                if len(entry) >= PATH_MAX:
+                    yield _too_long(entry, len(entry))
+                elif entry:
+                    yield os.fsdecode(entry)
+        add(tail)
+    if size and (item := finish()) is not None:
+        yield item
 
 
 def expand(args: Iterable[str], *, recursive: bool = False, null_separated: bool = False,
@@ -125,7 +183,10 @@ def expand(args: Iterable[str], *, recursive: bool = False, null_separated: bool
     for arg in args:
         if arg == "-":
             for line in read_paths(stdin if stdin is not None else sys.stdin.buffer, null_separated):
-                yield from _expand_one(line, recursive, False, network)
+                if isinstance(line, Source):
+                    yield line  # a path no file can have
+                else:
+                    yield from _expand_one(line, recursive, False, network)
         else:
             yield from _expand_one(arg, recursive, True, network)
 
