@@ -231,10 +231,13 @@ def test_an_empty_class_folder_is_a_usage_error_as_a_class_of_unreadable_files_i
     _copies(data / "a", PHOTOS[0], 2)
     _copies(data / "b", PHOTOS[1], 2)
     (data / "empty").mkdir()
-    _leftovers(data / "empty")  # leftovers are not images: the folder is still empty
     model = tmp_path / "m.safetensors"
     res = cli("train", data, "-a", "resnet18", "-w", checkpoint("resnet18"), "-o", model)
     assert res.code == 2 and "no usable training image for class 'empty'" in res.stderr
+    assert not model.exists()
+    _leftovers(data / "empty")  # leftovers are not images: the folder is still empty
+    res = cli("train", data, "-a", "resnet18", "-w", checkpoint("resnet18"), "-o", model)
+    assert res.code == 2 and "class 'empty' (its folder" in res.stderr
     assert not model.exists()
     shutil.rmtree(data / "empty")
     (data / "bad").mkdir()
