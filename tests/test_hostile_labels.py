@@ -40,20 +40,18 @@ def digit_classes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digit_model(digit_classes, tmp_path_factory, checkpoint):
     """A model `train` made on folders 1, 2, 3 (every image in training), and its report."""
+    import io
+    import sys
+
     from resnet_cli.cli import run
 
     model = tmp_path_factory.mktemp("model") / "digits.safetensors"
-    out = tmp_path_factory.mktemp("out") / "report.json"
-    with pytest.MonkeyPatch.context() as mp:
-        import io
-        import sys
-
+    with pytest.MonkeyPatch.context() as mp:  # the cli fixture is per test: this model is made once
         buf = io.StringIO()
         mp.setattr(sys, "stdout", buf)
         code = run(["train", str(digit_classes), "-a", "resnet18", "-w", str(checkpoint("resnet18")), "-o",
                     str(model), "--val", "0", "-f", "json", "-q"])
     assert code == 0
-    out.write_text(buf.getvalue())
     return model, json.loads(buf.getvalue())
 
 
