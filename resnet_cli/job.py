@@ -66,6 +66,7 @@ class Job:
     embed: bool = False  # Embedding records (the head's input vector) instead of top-k predictions
     explain: Explain | None = None  # each success also gets its class activation map (local engine)
     view: int | None = None  # each success keeps its picture, this many pixels on its longer side at most
+    on_batch: object = None  # called with the number of images of each batch once the network has run it (local)
 
 
 def topk_for(topk: int | None, num_classes: int) -> int:

@@ -7,14 +7,22 @@ DATA is
 - or a manifest: `.csv` with `path` and `label` columns, or `.jsonl` with `{"path", "label"}` objects, one image
   a row, paths relative to the manifest's folder (absolute paths and URLs as they are).
 
-A label names a class of the model by
-- its index (`285`),
+A label names a class of the model by, in this order of precedence,
 - its ImageNet WordNet id (`n02124075`, the layout of the ImageNet validation set as people reorganise it),
   for a model with ImageNet-1K's classes,
-- or its name, case-insensitively, with spaces, underscores and hyphens alike (`egyptian_cat`, `Egyptian cat`).
+- its name exactly as the model spells it (a model trained on folders `1`, `2`, `3` has a class named `1`,
+  whatever its index),
+- its name, case-insensitively, with spaces, underscores and hyphens alike (`egyptian_cat`, `Egyptian cat`),
+- or its index, ASCII digits (`285`). A number that is no class's name is taken as an index only when no
+  class name of the model is itself a number: otherwise it is a usage error that names both readings.
 A label that names no class, or names several (a custom labels file may repeat a name; torchvision's ImageNet
 names are unique), is a usage error before any image is read, naming each such label with the closest class
 names.
+
+Text files are read as UTF-8 with a leading byte-order mark ignored (Windows Notepad writes one). In a class
+folder DATA, hidden entries and the leftovers of other systems (`__MACOSX`, AppleDouble `._*` files,
+`.DS_Store`, `Thumbs.db`, `desktop.ini`) are skipped; a class folder with no image in it is listed in
+`Dataset.empty`.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 from .net import is_url
-from .sources import Source, expand
+from .sources import Source, expand, is_leftover
 
 _WNID = re.compile(r"n\d{8}")
+_INDEX = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Dataset:
     sources: list[Source]  # in order; a source may carry its listing error
     labels: list[str]  # the label of each source, as written in DATA
     left_out: int = 0  # files directly in a class-folder DATA, in no class
+    empty: tuple[str, ...] = ()  # class folders of a class-folder DATA that hold no image file
 
 
 def read(data: str, *, recursive: bool = True) -> Dataset:
@@ -68,21 +78,24 @@ def read(data: str, *, recursive: bool = True) -> Dataset:
 
 
 def _read_folder(data: str, recursive: bool) -> Dataset:
-    sources, labels, left_out = [], [], 0
+    sources, labels, left_out, empty = [], [], 0, []
     with os.scandir(data) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or is_leftover(entry.name):
             continue
         if entry.is_dir():
+            before = len(sources)
             for src in expand([os.path.join(data, entry.name)], recursive=recursive):
                 sources.append(src)
                 labels.append(entry.name)
+            if len(sources) == before:
+                empty.append(entry.name)
         else:
             left_out += 1
     if not sources:
         raise UsageError(f"{data}: no images in class folders (expected DATA/<class>/<image>)")
-    return Dataset(sources, labels, left_out)
+    return Dataset(sources, labels, left_out, tuple(empty))
 
 
 def _read_csv(path: str) -> list[tuple[str, str]]:
@@ -101,7 +114,7 @@ def _read_csv(path: str) -> list[tuple[str, str]]:
 def _read_jsonl(path: str) -> list[tuple[str, str]]:
     rows = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -131,14 +144,25 @@ def match(names: Iterable[str], classes: tuple[str, ...], model: str = "the mode
     by_wnid = {w: i for i, w in enumerate(wnids)} if wnids else {}
     found: dict[str, int] = {}
     problems: list[str] = []
+    by_exact: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_exact.setdefault(c.strip(), []).append(i)
+    numeric = [c for c in classes if _INDEX.fullmatch(c.strip())]  # class names that read as indices
     for name in dict.fromkeys(names):
         text = name.strip()
-        if text.isdigit() and int(text) < len(classes):
-            found[name] = int(text)
-        elif _WNID.fullmatch(text) and text in by_wnid:
+        hits = by_exact.get(text) or by_name.get(_normal(text), [])
+        if _WNID.fullmatch(text) and text in by_wnid:
             found[name] = by_wnid[text]
-        elif len(hits := by_name.get(_normal(text), [])) == 1:
-            found[name] = hits[0]
+        elif len(hits) == 1:
+            found[name] = hits[0]  # a class's own name wins over the index the same digits would be
+        elif not hits and _INDEX.fullmatch(text) and int(text) < len(classes):
+            if numeric:
+                problems.append(f"{name!r} is no class's name, but {model}'s class names are numbers "
+                                f"({', '.join(map(repr, numeric[:3]))}{', ...' if len(numeric) > 3 else ''}): "
+                                f"as an index it would be class {int(text)}, named {classes[int(text)]!r}; "
+                                "use that name")
+            else:
+                found[name] = int(text)
         elif hits:
             problems.append(f"{name!r} names {len(hits)} classes ({', '.join(map(str, hits))}): use the index"
                             + (" or the WordNet id" if wnids else ""))

@@ -189,12 +189,13 @@ class Decoder:
 
 def classify(decoded: Iterable[Prepared | object], predictor, *, weights: Resolved, labels: tuple[str, ...],
              batch_size: int = 8, stop: threading.Event | None = None, embed: bool = False,
-             explain=None) -> Iterator[Record]:
+             explain=None, on_batch=None) -> Iterator[Record]:
     """One record per decoded input, in order, streamed: a batch is classified when it is full, or as soon
     as the decoder has nothing ready (IDLE), so results never wait on a slow source; failures that no
     success precedes are emitted at once. Once `stop` is set, the batch being gathered is classified and
     emitted and the stream ends: at most one more forward pass after a Ctrl-C. `explain` (a job.Explain): each
-    success also gets its class activation map."""
+    success also gets its class activation map. `on_batch(n)`: called after each forward pass, with its n
+    images, before their records are emitted (evaluate's throughput)."""
     def records(batch: list[Prepared]) -> list[Record]:
         probs = indices = explained = None
         if any(p.error is None for p in batch):
@@ -207,6 +208,8 @@ def classify(decoded: Iterable[Prepared | object], predictor, *, weights: Resolv
                 explained = (explain, targets, target_probs, maps.numpy())
             else:
                 probs, indices = predictor(pixels)
+            if on_batch is not None:
+                on_batch(sum(p.error is None for p in batch))
         return to_records(batch, probs, indices, weights, labels, explained)
 
     pending: list[Prepared] = []

@@ -6,8 +6,9 @@ read from stdin (one a line, or NUL-separated with `null_separated`). With `--of
 not listed: it becomes one source that fails without a request (`readers.Network`).
 Order: inputs in the order given; a folder's entries sorted by name, depth-first (a subfolder's files come
 where the subfolder's name sorts). Symlinks to folders are followed, each folder scanned once per argument,
-so a link loop ends. Inputs that cannot be listed become sources that carry their error, so every input still gets
-exactly one record in its place.
+so a link loop ends. Other systems' leftovers (`is_leftover`: `__MACOSX`, `._*`, `.DS_Store`, ...) are skipped
+when a folder is listed. Inputs that cannot be listed become sources that carry their error, so every input
+still gets exactly one record in its place.
 """
 
 from __future__ import annotations
@@ -39,8 +40,18 @@ class Source:
     error: InputError | None = None  # set when the input failed before any decoding (missing, unlistable)
 
 
+_LEFTOVERS = frozenset({"__macosx", ".ds_store", "thumbs.db", "desktop.ini"})
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a folder entry is another system's bookkeeping, never a picture: macOS's `__MACOSX` folder
+    (in zip files) and AppleDouble `._NAME` files, `.DS_Store`, and Windows's `Thumbs.db` and `desktop.ini`.
+    Listing a folder skips them."""
+    return name.startswith("._") or name.casefold() in _LEFTOVERS
 
 
 def _scan(folder: str, recursive: bool, seen: set[tuple[int, int]]) -> Iterator[Source]:
@@ -59,6 +70,8 @@ def _scan(folder: str, recursive: bool, seen: set[tuple[int, int]]) -> Iterator[
         yield Source(folder, InputError(E.UNREADABLE_FOLDER, f"folder cannot be read: {exc.strerror or exc}"))
         return
     for entry in entries:
+        if is_leftover(entry.name):
+            continue
         path = os.path.join(folder, entry.name)
         try:
             is_dir = entry.is_dir()  # follows symlinks; False for a dangling one

@@ -139,30 +139,49 @@ def build_model(arch: ArchSpec, state_dict: dict, source: str):
 
     from .model import build
 
-    fc = state_dict.get("fc.weight")
-    if fc is None or fc.dim() != 2:
-        raise UsageError(f"checkpoint {source} does not fit {arch.name}: it has no fc.weight head")
-    model = build(arch, num_classes=fc.shape[0])
-    expected = model.state_dict()
+    check_fit(arch, {k: tuple(v.shape) for k, v in state_dict.items()}, source)
+    model = build(arch, num_classes=state_dict["fc.weight"].shape[0])
     state = dict(state_dict)
-    for key, want in expected.items():
-        got = state.get(key)
-        if got is None and key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)  # older checkpoints predate this buffer
-            continue
-        if got is None:
-            raise UsageError(f"checkpoint {source} does not fit {arch.name}: missing key {key!r}")
-        if tuple(got.shape) != tuple(want.shape):
-            raise UsageError(
-                f"checkpoint {source} does not fit {arch.name}: {key!r} has shape {tuple(got.shape)}, "
-                f"{arch.name} needs {tuple(want.shape)}"
-            )
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise UsageError(f"checkpoint {source} does not fit {arch.name}: unexpected key {extra[0]!r}")
+    for key in model.state_dict():
+        if key not in state:  # num_batches_tracked: older checkpoints predate this buffer
+            state[key] = torch.zeros((), dtype=torch.long)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def check_fit(arch: ArchSpec, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """A usage error naming the first key that differs when a state dict of these tensor shapes ({key: shape})
+    does not fit `arch`; nothing is built but the architecture on the meta device (no memory, no weights)."""
+    from .model import build
+
+    fc = shapes.get("fc.weight")
+    if fc is None or len(fc) != 2:
+        raise UsageError(f"checkpoint {source} does not fit {arch.name}: it has no fc.weight head")
+    expected = build(arch, num_classes=fc[0]).state_dict()
+    for key, want in expected.items():
+        got = shapes.get(key)
+        if got is None and key.endswith("num_batches_tracked"):
+            continue  # older checkpoints predate this buffer
+        if got is None:
+            raise UsageError(f"checkpoint {source} does not fit {arch.name}: missing key {key!r}")
+        if tuple(got) != tuple(want.shape):
+            raise UsageError(
+                f"checkpoint {source} does not fit {arch.name}: {key!r} has shape {tuple(got)}, "
+                f"{arch.name} needs {tuple(want.shape)}"
+            )
+    extra = [k for k in shapes if k not in expected]
+    if extra:
+        raise UsageError(f"checkpoint {source} does not fit {arch.name}: unexpected key {extra[0]!r}")
+
+
+def check_checkpoint(arch: ArchSpec, path: str) -> None:
+    """A usage error when the checkpoint at `path` does not fit `arch`, found from its tensors' shapes alone
+    (`checkpoint_shapes`) where the file allows, else by reading it whole."""
+    shapes = checkpoint_shapes(path)
+    if shapes is None:
+        shapes = {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+    check_fit(arch, shapes, path)
 
 
 def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str, ...]:
@@ -182,10 +201,18 @@ def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str,
 
 
 def head_shape(path: str) -> tuple[int, ...] | None:
-    """The shape of a checkpoint's fc.weight, read without torch and without its tensors: from a .safetensors
+    """The shape of a checkpoint's fc.weight, read without its tensors (`checkpoint_shapes`). None when the file
+    cannot be read that way or holds no fc.weight (the caller then reads it the usual way)."""
+    shapes = checkpoint_shapes(path)
+    return None if shapes is None else shapes.get("fc.weight")
+
+
+def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]] | None:
+    """{key: shape} of a checkpoint's state dict (nested under "state_dict" or "model", "module." prefixes
+    removed, as read_state_dict reads it), read without torch and without its tensors: from a .safetensors
     header, or from the pickle inside a .pth zip through an unpickler that builds nothing but shapes (it
     knows three torch names and refuses every other, so no code in the file can run). None when the file is
-    in neither form or holds no fc.weight (the caller then reads it the usual way)."""
+    in neither form (the caller then reads it the usual way)."""
     import json
     import struct
     import zipfile
@@ -207,10 +234,11 @@ def head_shape(path: str) -> tuple[int, ...] | None:
     for key in ("state_dict", "model"):
         if isinstance(shapes, dict) and isinstance(shapes.get(key), dict):
             shapes = shapes[key]
-    if not isinstance(shapes, dict):
+    if not isinstance(shapes, dict) or not all(isinstance(v, tuple) for v in shapes.values()):
         return None
-    shape = shapes.get("fc.weight", shapes.get("module.fc.weight"))
-    return tuple(shape) if isinstance(shape, tuple) else None
+    if shapes and all(k.startswith("module.") for k in shapes):
+        shapes = {k[len("module."):]: v for k, v in shapes.items()}
+    return shapes
 
 
 class _ShapeUnpickler(pickle.Unpickler):
@@ -243,7 +271,7 @@ def _labels(num_classes: int, labels_file: str | None, own: tuple[str, ...] | No
 
 def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark (Notepad's) is not a label
             labels = tuple(line.rstrip("\r\n") for line in f if line.strip())
     except OSError as exc:
         raise UsageError(f"labels file {path}: {exc.strerror or exc}") from None

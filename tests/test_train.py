@@ -75,10 +75,10 @@ def test_train_matches_scikit_learn_and_the_model_classifies_by_itself(dataset, 
     t0 = time.perf_counter()
     first = cli(*args)
     first_s = time.perf_counter() - t0
-    assert first.code == 0, first.stderr
+    assert first.code == 1, first.stderr  # broken.jpg could not be read
     report = json.loads(first.stdout)
     assert report["classes"] == sorted(c.replace(" ", "_") for c in CLASSES)
-    assert report["features"] == {"cached": 0, "extracted": 49}  # 48 images and the broken file
+    assert report["features"] == {"cached": 0, "extracted": 48, "failed": 1}  # 48 images and the broken file
     assert [f["path"] for f in report["failures"]] == [str(dataset / "train" / "cat" / "broken.jpg")]
     assert "1 image(s) could not be read and are left out" in first.stderr
     assert report["train"]["images"] == 30 and report["val"]["images"] == 18
@@ -96,13 +96,13 @@ def test_train_matches_scikit_learn_and_the_model_classifies_by_itself(dataset, 
     second = cli(*args[:-2], "--epochs", "50", "-f", "json")
     second_s = time.perf_counter() - t0
     again = json.loads(second.stdout)
-    assert again["features"] == {"cached": 48, "extracted": 1}  # only the unreadable file is tried again
+    assert again["features"] == {"cached": 48, "extracted": 0, "failed": 1}  # only the unreadable file is tried again
     assert second_s < first_s
     # deterministic: the same data and options give the same file, to the byte
     twin = tmp_path / "twin.safetensors"
-    assert cli(*args[:-4], "-o", twin, "-f", "json").code == 0
+    assert cli(*args[:-4], "-o", twin, "-f", "json").code == 1
     assert twin.read_bytes() == first_model
-    assert cli(*args[:-4], "-o", model, "-f", "json").code == 0  # the model the checks below use
+    assert cli(*args[:-4], "-o", model, "-f", "json").code == 1  # the model the checks below use
 
     # the saved model classifies with its own class names, no --arch, no --labels
     res = cli(val_paths[0], "-w", model, "-f", "jsonl")

@@ -9,6 +9,7 @@ misclassified and failed images, nothing per correct image. The metrics' definit
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Annotated, Optional
@@ -93,10 +94,11 @@ def command(
     data_set = labelled.read(data)
     if data_set.left_out and not quiet:
         eprint(f"{data}: {data_set.left_out} file(s) directly in DATA belong to no class folder and are left out")
-    runs = []
-    for model_arch, model_weights in models:
-        resolved = resolve(model_arch, model_weights, resize, crop)  # every model checked before any is run
-        runs.append(resolved)
+    if data_set.empty and not quiet:
+        eprint(f"{data}: class folder(s) {', '.join(map(repr, data_set.empty))} hold no image and are not "
+               "evaluated")
+    runs = [resolve(model_arch, model_weights, resize, crop) for model_arch, model_weights in models]
+    _check_models(runs, data_set, labels=labels, offline=offline, quiet=quiet)
     results, code = [], 0
     pred_file = AtomicFile(predictions) if predictions else None
     try:
@@ -135,6 +137,33 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
     return [(archs[i if len(archs) > 1 else 0], weight_list[i if len(weight_list) > 1 else 0]) for i in range(n)]
 
 
+def _check_models(runs, data_set, *, labels: str | None, offline: bool, quiet: bool) -> None:
+    """Before the first image of the first model: every model's weights are at hand (published weights cached,
+    else downloaded now; a checkpoint that fits its architecture, judged from its tensors' shapes) and DATA's
+    labels name its classes. One usage error lists every model that cannot run (WeightsUnavailable when
+    published weights are all that is missing), so a leaderboard never stops after its first models."""
+    from .. import labelled
+    from ..errors import WeightsUnavailable
+    from ..weights import check_checkpoint, class_names, fetch
+
+    problems: list[UsageError] = []
+    for resolved in runs:
+        try:
+            if resolved.spec is not None:
+                fetch(resolved.spec, offline=offline, quiet=quiet)
+            else:
+                check_checkpoint(resolved.arch, resolved.name)
+            labelled.match(data_set.labels, class_names(resolved, labels), model=resolved.arch.name)
+        except UsageError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        kind = WeightsUnavailable if all(isinstance(p, WeightsUnavailable) for p in problems) else UsageError
+        raise kind(f"{len(problems)} of the {len(runs)} models cannot be evaluated; nothing was run:\n" +
+                   "\n".join(f"- {p}" for p in problems))
+
+
 def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
               crop, workers, offline, quiet, engine, ray_address, predictions, several: bool,
               report: str | None = None) -> tuple[dict, int]:
@@ -160,7 +189,8 @@ def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device,
         from ..report import HtmlReport
 
         page = HtmlReport(report, title="resnet-classify evaluate", subtitle=f"{name}, {resolved.name}")
-    start = time.perf_counter()
+    speed = Throughput()
+    job = dataclasses.replace(job, on_batch=speed.batch)
     try:
         with RecordStream(job, f"evaluating {name}" if several else "evaluating", total=len(truth)) as stream:
             for record, true_index in zip(stream, truth):
@@ -170,7 +200,7 @@ def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device,
                                            .encode("utf-8"))
                 if page is not None:
                     page.add(record, true_label=classes[true_index])
-            seconds = time.perf_counter() - start
+            speed.end()
             code = stream.exit_code(len(evaluation.failures))
     except BaseException:
         if page is not None:
@@ -179,14 +209,48 @@ def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device,
     if stream.interrupted:
         eprint(f"interrupted: the results cover the first {evaluation.images} of {len(truth)} images")
     summary = evaluation.summary()
+    rate = speed.rate(summary["evaluated"])
     result = {"arch": name, "weights": resolved.name, **summary,
-              "images_per_second": round(summary["evaluated"] / seconds, 2) if seconds > 0 else None}
+              "images_per_second": None if rate is None else round(rate, 2)}
     if page is not None:
         from ..report import evaluation_summary
 
         page.close(summary=evaluation_summary(result, page.ids))
     result["_resolved"] = resolved  # for the leaderboard's size columns; not part of the JSON
     return result, code
+
+
+class Throughput:
+    """One model's images/s, measured alike for every model of a leaderboard: the images evaluated after its
+    first batch, over the time from the end of that batch to the end of the last. Loading the model (and, for
+    the first model of a run, starting torch) and the first, warm-up batch are left out. An engine that does not
+    report its batches (`Job.on_batch`: Ray), or a run of a single batch, is timed whole, loading included."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None  # the end of the first batch
+        self.last: float | None = None  # the end of the last batch after it
+        self.images = 0  # the images of the batches after the first
+        self.stop: float | None = None
+
+    def batch(self, images: int) -> None:
+        """A batch of `images` successfully decoded images has been through the network."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        else:
+            self.images += images
+            self.last = now
+
+    def end(self) -> None:
+        self.stop = time.perf_counter()
+
+    def rate(self, evaluated: int) -> float | None:
+        """Images per second; None when no time could be measured."""
+        if self.last is not None and self.last > self.first:
+            return self.images / (self.last - self.first)
+        seconds = (self.stop or time.perf_counter()) - self.start
+        return evaluated / seconds if seconds > 0 else None
 
 
 def _model_size(resolved) -> dict:
@@ -288,7 +352,12 @@ def _leaderboard(results: list[dict], console) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col, justify in (("arch", "left"), ("weights", "left"), ("acc@1", "right"), ("acc@5", "right"),
                          ("images/s", "right"), ("params", "right"), ("GFLOPS", "right"), ("failed", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)
+        # On a narrow terminal only the weights (long paths) give way, folded onto more lines; every other
+        # column keeps its width.
+        if col == "weights":
+            table.add_column(col, justify=justify, overflow="fold", min_width=8)
+        else:
+            table.add_column(col, justify=justify, no_wrap=True)
     for r in sorted(results, key=lambda r: -r["top1"]):
         size = _model_size(r["_resolved"])
         table.add_row(escape(r["arch"]), escape(r["weights"]), _pct(r["top1"]), _pct(r["top5"]),

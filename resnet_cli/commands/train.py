@@ -68,6 +68,9 @@ def command(
     fmt = format or (Report.table if isatty(sys.stdout) else Report.json)
     resolved = resolve(arch, weights)
     train_set = labelled.read(data)
+    if train_set.empty:  # as a class whose images are all unreadable (below): never a class dropped unseen
+        raise UsageError(f"no usable training image for class{'es' if len(train_set.empty) > 1 else ''} "
+                         f"{', '.join(map(repr, train_set.empty))} (its folder in {data} holds no image file)")
     classes = sorted(set(train_set.labels))
     if len(classes) < 2:
         raise UsageError(f"{data}: training needs at least two classes (found {len(classes)})")
@@ -141,8 +144,9 @@ def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def extract(sources, resolved, job_args: dict):
-    """({path: vector}, failures, {"cached", "extracted"}, exit code): each image's features from the cache,
-    or through the engine (and then into the cache)."""
+    """({path: vector}, failures, {"cached", "extracted", "failed"}, exit code): each image's features from the
+    cache, or through the engine (and then into the cache). The counts are of distinct paths: read from the
+    cache, extracted now, could not be read. The exit code is 1 when an image could not be read, as classify's."""
     from .. import probe
 
     from ..inference import resolve_device
@@ -179,9 +183,11 @@ def extract(sources, resolved, job_args: dict):
                     failures.append({"path": rec.path, "error": {"type": rec.type, "message": rec.message}})
         if stream.interrupted:  # an interrupted extraction trains nothing; what was cached stays
             raise typer.Exit(stream.exit_code(0))
+        code = stream.exit_code(len(failures))
     if failures and not job_args["quiet"]:
         eprint(f"{len(failures)} image(s) could not be read and are left out")
-    return features, failures, {"cached": len(unique) - len(todo), "extracted": len(todo)}, code
+    counts = {"cached": len(unique) - len(todo), "extracted": len(todo) - len(failures), "failed": len(failures)}
+    return features, failures, counts, code
 
 
 def save(path: str, resolved, classes: list[str], w, b, *, offline: bool, quiet: bool) -> None:
@@ -230,6 +236,7 @@ def _print(report: dict, fmt: Report) -> None:
                       f"validation {report['val']['images']} images, accuracy {pct(report['val']['accuracy'])}; "
                       f"C = {report['C']:g}")
         console.print(f"[dim]features: {report['features']['cached']} from the cache, "
-                      f"{report['features']['extracted']} extracted; {len(report['failures'])} left out[/]")
+                      f"{report['features']['extracted']} extracted, {report['features']['failed']} could not be "
+                      "read (left out)[/]")
 
     print_data(render)

@@ -28,7 +28,7 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
                               topk=topk_for(job.topk, loaded.num_classes),
                               restrict=job.restrict)
         yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
-                            stop=stop, embed=job.embed, explain=job.explain)
+                            stop=stop, embed=job.embed, explain=job.explain, on_batch=job.on_batch)
     finally:
         decoder.close()
         job.inputs.close()
