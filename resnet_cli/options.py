@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .job import Engine, Precision
+from .devices import Precision
+from .job import Engine
 
 
 class Report(str, enum.Enum):

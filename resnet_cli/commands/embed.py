@@ -1,6 +1,6 @@
 """`resnet-classify embed`: the vector the classifier head receives, for every input, into a file.
 
-    options --> job.make_job(embed=True) --> engines.records(job) --> embeddings.open_output (by extension)
+    options --> job.make_job(task=Embed) --> engines.records(job) --> embeddings.open_output (by extension)
 
 The same engines, batches and fixed forward shape as classify: a vector depends on its image and the options
 only. Failures are records as in classify (stderr lines, exit code 1).
@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from ..console import eprint
-from ..job import Engine, Precision, make_job
+from ..devices import Precision
+from ..job import Engine, InputOptions, ModelOptions, RunOptions, make_job
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, NullOpt,
                        OfflineOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt, WeightsOpt,
                        WorkersOpt)
@@ -50,10 +51,13 @@ def command(
 
     embeddings.check_output(output)
     check_writable(output)
-    job = make_job(inputs, arch=arch, weights=weights, topk=1, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
-                   offline=offline, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
-                   ray_address=ray_address, embed=True)
+    from ..tasks import Embed
+
+    model = ModelOptions(arch, weights, resize, crop).resolve()
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
+                         quiet=quiet)
+    job = make_job(inputs, model, Embed(), options, listing=InputOptions(recursive, null))
     raise typer.Exit(run(job, output, normalize=normalize))
 
 

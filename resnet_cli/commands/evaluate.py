@@ -17,7 +17,8 @@ import typer
 
 from ..console import eprint, isatty, print_data
 from ..errors import UsageError
-from ..job import Engine, Precision, make_job, topk_for
+from ..devices import Precision
+from ..job import Engine, ModelOptions, RunOptions, make_job
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
                        QuietOpt, RayAddressOpt, Report, ResizeOpt, WorkersOpt)
 from ..report import THUMB as REPORT_VIEW
@@ -72,7 +73,6 @@ def command(
 ) -> None:
     """Measure accuracy on labelled images: top-1/top-5, per-class precision/recall/F1, confusion matrix."""
     from .. import labelled
-    from ..resolve import resolve
     from ..writers import AtomicFile
 
     fmt = format or (Report.json if (output or "").lower().endswith(".json") or
@@ -95,16 +95,17 @@ def command(
         eprint(f"{data}: {data_set.left_out} file(s) directly in DATA belong to no class folder and are left out")
     runs = []
     for model_arch, model_weights in models:
-        resolved = resolve(model_arch, model_weights, resize, crop)  # every model checked before any is run
+        # every model resolved once, and checked before any is run
+        resolved = ModelOptions(model_arch, model_weights, resize, crop, labels).resolve()
         runs.append(resolved)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
+                         quiet=quiet)
     results, code = [], 0
     pred_file = AtomicFile(predictions) if predictions else None
     try:
         for resolved in runs:
-            result, run_code = _evaluate(resolved, data_set, restrict=restrict, labels=labels, batch_size=batch_size,
-                                         device=device, precision=precision, fast_decode=fast_decode,
-                                         resize=resize, crop=crop, workers=workers, offline=offline, quiet=quiet,
-                                         engine=engine, ray_address=ray_address, predictions=pred_file,
+            result, run_code = _evaluate(resolved, data_set, options, restrict=restrict, predictions=pred_file,
                                          several=len(runs) > 1,
                                          report=report and _named_for(report, resolved, len(runs) > 1))
             results.append(result)
@@ -135,25 +136,23 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
     return [(archs[i if len(archs) > 1 else 0], weight_list[i if len(weight_list) > 1 else 0]) for i in range(n)]
 
 
-def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
-              crop, workers, offline, quiet, engine, ray_address, predictions, several: bool,
+def _evaluate(resolved, data_set, options: RunOptions, *, restrict: bool, predictions, several: bool,
               report: str | None = None) -> tuple[dict, int]:
+    """One model's evaluation: (its result, the run's exit code)."""
     from .. import labelled
     from ..metrics import Evaluation
+    from ..tasks import Classify, topk_for
     from ..weights import class_names
     from ..writers import dumps
 
-    classes = class_names(resolved, labels)
+    classes = class_names(resolved)
     name = resolved.arch.name
     found = labelled.match(data_set.labels, classes, model=name)
     truth = [found[label] for label in data_set.labels]
     present = sorted(set(truth))
     topk = topk_for(None, len(present) if restrict else len(classes))
-    job = make_job([], sources=data_set.sources, arch=resolved.arch.name, weights=resolved.name, topk=topk,
-                   device=device, precision=precision, batch_size=batch_size, workers=workers, offline=offline,
-                   labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
-                   ray_address=ray_address, restrict=tuple(present) if restrict else None,
-                   view=REPORT_VIEW if report else None)
+    task = Classify(topk, tuple(present) if restrict else None)
+    job = make_job([], resolved, task, options, sources=data_set.sources, view_size=REPORT_VIEW if report else None)
     evaluation = Evaluation(present, classes)
     page = None
     if report:
