@@ -73,19 +73,28 @@ class Predictor:
                    for part in batch_u8.split(self.chunk))
 
     @torch.inference_mode()
-    def classify(self, batch_u8: torch.Tensor, topk: int, restrict: tuple[int, ...] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def classify(self, batch_u8: torch.Tensor, topk: int, restrict: tuple[int, ...] | None = None,
+                 tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, topk) probabilities (float32) and class indices (int64), on the CPU, most probable first. With
         `restrict` (class indices), the prediction is among those classes only: softmax over their logits, as
-        timm's `--valid-labels` does."""
+        timm's `--valid-labels` does. With `tta`, horizontal-flip test-time augmentation: the mean of the
+        softmax of each input crop and of its mirror image (as timm's and torchvision's reference scripts
+        average flips); the mirrored crops run as chunks of their own, of the same fixed shape, so the answer
+        stays independent of the batch."""
         keep = None if restrict is None else torch.tensor(sorted(restrict), device=self.device)
+
+        def probabilities(x: torch.Tensor) -> torch.Tensor:
+            logits = self.forward(x).float()
+            return torch.softmax(logits if keep is None else logits[:, keep], dim=1)
+
         n, chunks = self._chunks(batch_u8)
         values, indices = [], []
         for x in chunks:
-            logits = self.forward(x).float()
-            if keep is not None:
-                logits = logits[:, keep]
-            v, i = torch.softmax(logits, dim=1).topk(topk, dim=1)
+            probs = probabilities(x)
+            if tta:
+                mirrored = probabilities(x.flip(3).contiguous(memory_format=torch.channels_last))
+                probs = (probs + mirrored) / 2
+            v, i = probs.topk(topk, dim=1)
             values.append(v)
             indices.append(i if keep is None else keep[i])
         return torch.cat(values)[:n].cpu(), torch.cat(indices)[:n].cpu()

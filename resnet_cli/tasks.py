@@ -82,10 +82,12 @@ def _predictions(probs, indices, labels: Sequence[str]) -> tuple[Prediction, ...
 @dataclass(frozen=True)
 class Classify(Task):
     """The `topk` most probable classes (None: 5, or every class of a smaller model). `restrict`: class indices
-    to predict among (softmax over their logits only, as timm's `--valid-labels`), sorted."""
+    to predict among (softmax over their logits only, as timm's `--valid-labels`), sorted. `tta`: average the
+    probabilities of each image and its mirror image (inference.Predictor.classify)."""
 
     topk: int | None = None
     restrict: tuple[int, ...] | None = None
+    tta: bool = False
 
     name: ClassVar[str] = "classify"
 
@@ -105,7 +107,7 @@ class Classify(Task):
         return dataclasses.replace(self, topk=topk_for(self.topk, num_classes))
 
     def compute(self, predictor, pixels) -> tuple:
-        probs, indices = predictor.classify(pixels, self.topk, self.restrict)
+        probs, indices = predictor.classify(pixels, self.topk, self.restrict, self.tta)
         return probs.numpy(), indices.numpy()
 
     def record(self, path, row, weights, labels) -> Record:

@@ -21,7 +21,7 @@ from ..devices import Precision
 from ..job import Engine, InputOptions, Job, ModelOptions, RunOptions, make_job
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, LabelsOpt,
                        NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
-                       TopkOpt, WeightsOpt, WorkersOpt)
+                       TopkOpt, TtaOpt, WeightsOpt, WorkersOpt)
 from ..records import Record
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
@@ -45,6 +45,7 @@ def command(
     arch: ArchOpt = None,
     weights: WeightsOpt = "DEFAULT",
     topk: TopkOpt = None,
+    tta: TtaOpt = False,
     format: FormatOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
@@ -73,7 +74,7 @@ def command(
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
                          quiet=quiet)
-    job = make_job(inputs, model, Classify(topk), options, listing=InputOptions(recursive, null),
+    job = make_job(inputs, model, Classify(topk, tta=tta), options, listing=InputOptions(recursive, null),
                    view_size=REPORT_VIEW if report else None)
     previous = []
     if resume:

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..devices import Precision
 from ..job import Engine, ModelOptions, RunOptions, make_job
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
-                       QuietOpt, RayAddressOpt, Report, ResizeOpt, WorkersOpt)
+                       QuietOpt, RayAddressOpt, Report, ResizeOpt, TtaOpt, WorkersOpt)
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
 
@@ -58,6 +58,7 @@ def command(
         "images, and a card per image to search and filter. With several models, one file each.")] = None,
     restrict: Annotated[bool, typer.Option(
         "--restrict", help="Predict among the classes present in DATA only (for a subset of ImageNet).")] = False,
+    tta: TtaOpt = False,
     labels: LabelsOpt = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
@@ -105,7 +106,7 @@ def command(
     pred_file = AtomicFile(predictions) if predictions else None
     try:
         for resolved in runs:
-            result, run_code = _evaluate(resolved, data_set, options, restrict=restrict, predictions=pred_file,
+            result, run_code = _evaluate(resolved, data_set, options, restrict=restrict, tta=tta, predictions=pred_file,
                                          several=len(runs) > 1,
                                          report=report and _named_for(report, resolved, len(runs) > 1))
             results.append(result)
@@ -136,7 +137,7 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
     return [(archs[i if len(archs) > 1 else 0], weight_list[i if len(weight_list) > 1 else 0]) for i in range(n)]
 
 
-def _evaluate(resolved, data_set, options: RunOptions, *, restrict: bool, predictions, several: bool,
+def _evaluate(resolved, data_set, options: RunOptions, *, restrict: bool, tta: bool, predictions, several: bool,
               report: str | None = None) -> tuple[dict, int]:
     """One model's evaluation: (its result, the run's exit code)."""
     from .. import labelled
@@ -151,7 +152,7 @@ def _evaluate(resolved, data_set, options: RunOptions, *, restrict: bool, predic
     truth = [found[label] for label in data_set.labels]
     present = sorted(set(truth))
     topk = topk_for(None, len(present) if restrict else len(classes))
-    task = Classify(topk, tuple(present) if restrict else None)
+    task = Classify(topk, tuple(present) if restrict else None, tta)
     job = make_job([], resolved, task, options, sources=data_set.sources, view_size=REPORT_VIEW if report else None)
     evaluation = Evaluation(present, classes)
     page = None
