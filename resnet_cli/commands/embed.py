@@ -65,13 +65,24 @@ def run(job, output: str, *, normalize: bool = False) -> int:
     from .. import embeddings
     from ..records import Embedding
 
-    dim = 512 if job.weights.arch.block == "basic" else 2048  # layer4's channels
-    out = embeddings.open_output(output, dim=dim, arch=job.weights.arch.name, weights=job.weights.name)
+    def open_output(rec):
+        """The output, opened at the first record (the model is loaded by then): its width is the network's."""
+        if isinstance(rec, Embedding):
+            dim = len(rec.vector)
+        else:
+            from ..model import num_features
+
+            dim = num_features(job.weights.arch)
+        return embeddings.open_output(output, dim=dim, arch=job.weights.arch.name, weights=job.weights.name)
+
+    out = None
     written = failed = 0
     ok = False
     with RecordStream(job, "embedding") as stream:
         try:
             for rec in stream:
+                if out is None:
+                    out = open_output(rec)
                 if isinstance(rec, Embedding) and normalize:
                     norm = float((rec.vector.astype("float64") ** 2).sum() ** 0.5)
                     rec = Embedding(rec.path, rec.arch, rec.weights, (rec.vector / norm if norm else rec.vector)
@@ -79,9 +90,12 @@ def run(job, output: str, *, normalize: bool = False) -> int:
                 out.write(rec)
                 written += 1
                 failed += not rec.ok
+            if out is None:  # nothing to embed: an empty file all the same
+                out = open_output(None)
             ok = True
         finally:
-            out.close(ok=ok)
+            if out is not None:
+                out.close(ok=ok)
         code = stream.exit_code(failed)
     if stream.interrupted:
         eprint(f"interrupted: {written} record{'s' if written != 1 else ''} written to {output}")
