@@ -1,6 +1,6 @@
 """`resnet-classify classify` (the default command): the top-k ImageNet classes of each input, in input order.
 
-    options --> ModelOptions.resolve(), RunOptions --> job.make_job(task=Classify) (checked, no torch)
+    options --> api.build_job(Classify, ModelOptions, RunOptions) (resolved once, checked, no torch)
         --> engines.records(job) --> write_records --> exit code
 
 This file owns what classify adds around an engine: the output file and its format, `--resume`, per-file
@@ -18,7 +18,7 @@ import typer
 from ..console import eprint, isatty
 from ..errors import UsageError
 from ..devices import Precision
-from ..job import Engine, InputOptions, Job, ModelOptions, RunOptions, make_job
+from ..job import Engine, InputOptions, Job, ModelOptions, RunOptions
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, LabelsOpt,
                        NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
                        TopkOpt, WeightsOpt, WorkersOpt)
@@ -69,12 +69,14 @@ def command(
     check_report(report, resume)
     from ..tasks import Classify
 
-    model = ModelOptions(arch, weights, resize, crop, labels).resolve()
+    from ..api import build_job
+
+    model = ModelOptions(arch, weights, resize, crop, labels)
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
                          quiet=quiet)
-    job = make_job(inputs, model, Classify(topk), options, listing=InputOptions(recursive, null),
-                   view_size=REPORT_VIEW if report else None)
+    job = build_job(inputs, Classify(topk), model, options, listing=InputOptions(recursive, null),
+                    view_size=REPORT_VIEW if report else None)
     previous = []
     if resume:
         from ..resume import previous_successes
