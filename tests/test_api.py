@@ -93,13 +93,10 @@ def test_embed_gives_the_cli_jsonl_file_to_the_byte(cli, checkpoint, inputs, tmp
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    """A Classifier on a seeded resnet18 checkpoint (made here: the checkpoint fixture is per test session but
-    this one is built once for the module's tests)."""
-    from checkpoints import make_checkpoint
-
-    path = make_checkpoint("resnet18", tmp_path_factory.mktemp("clf") / "resnet18-s0-c1000.pth", 0, 1000)
-    return str(path), resnet_cli.Classifier("resnet18", str(path), topk=3, device="cpu")
+def classifier(checkpoint):
+    """One Classifier on the seeded resnet18 checkpoint for the module's tests: loaded once, called often."""
+    path = str(checkpoint("resnet18"))
+    return path, resnet_cli.Classifier("resnet18", path, topk=3, device="cpu")
 
 
 def test_a_classifier_on_paths_and_on_pil_images_gives_the_cli_records(cli, classifier, inputs):
