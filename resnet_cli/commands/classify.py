@@ -1,6 +1,6 @@
 """`resnet-classify classify` (the default command): the top-k ImageNet classes of each input, in input order.
 
-    options --> ModelOptions.resolve(), RunOptions --> job.make_job(task=Classify) (checked, no torch)
+    options --> api.build_job(Classify, ModelOptions, RunOptions) (resolved once, checked, no torch)
         --> engines.records(job) --> write_records --> exit code
 
 This file owns what classify adds around an engine: the output file and its format, `--resume`, per-file
@@ -18,7 +18,7 @@ import typer
 from ..console import eprint, isatty
 from ..errors import UsageError
 from ..devices import Precision
-from ..job import Engine, InputOptions, Job, ModelOptions, RunOptions, make_job
+from ..job import Engine, InputOptions, Job, ModelOptions, RunOptions
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, LabelsOpt,
                        NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
                        TopkOpt, TtaOpt, WeightsOpt, WorkersOpt)
@@ -68,14 +68,15 @@ def command(
     """Classify images; print the top-k ImageNet classes of each, in input order."""
     fmt = check_output(format, output, resume)
     check_report(report, resume)
+    from ..api import build_job
     from ..tasks import Classify
 
-    model = ModelOptions(arch, weights, resize, crop, labels).resolve()
+    model = ModelOptions(arch, weights, resize, crop, labels)
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
                          quiet=quiet)
-    job = make_job(inputs, model, Classify(topk, tta=tta), options, listing=InputOptions(recursive, null),
-                   view_size=REPORT_VIEW if report else None)
+    job = build_job(inputs, Classify(topk, tta=tta), model, options, listing=InputOptions(recursive, null),
+                    view_size=REPORT_VIEW if report else None)
     previous = []
     if resume:
         from ..resume import previous_successes

@@ -1,6 +1,6 @@
 """`resnet-classify embed`: the vector the classifier head receives, for every input, into a file.
 
-    options --> job.make_job(task=Embed) --> engines.records(job) --> embeddings.open_output (by extension)
+    options --> api.build_job(Embed) --> engines.records(job) --> embeddings.open_output (by extension)
 
 The same engines, batches and fixed forward shape as classify: a vector depends on its image and the options
 only. Failures are records as in classify (stderr lines, exit code 1).
@@ -14,7 +14,7 @@ import typer
 
 from ..console import eprint
 from ..devices import Precision
-from ..job import Engine, InputOptions, ModelOptions, RunOptions, make_job
+from ..job import Engine, InputOptions, ModelOptions, RunOptions
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, NullOpt,
                        OfflineOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt, WeightsOpt,
                        WorkersOpt)
@@ -53,11 +53,13 @@ def command(
     check_writable(output)
     from ..tasks import Embed
 
-    model = ModelOptions(arch, weights, resize, crop).resolve()
+    from ..api import build_job
+
+    model = ModelOptions(arch, weights, resize, crop)
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
                          quiet=quiet)
-    job = make_job(inputs, model, Embed(), options, listing=InputOptions(recursive, null))
+    job = build_job(inputs, Embed(), model, options, listing=InputOptions(recursive, null))
     raise typer.Exit(run(job, output, normalize=normalize))
 
 
@@ -84,9 +86,7 @@ def run(job, output: str, *, normalize: bool = False) -> int:
                 if out is None:
                     out = open_output(rec)
                 if isinstance(rec, Embedding) and normalize:
-                    norm = float((rec.vector.astype("float64") ** 2).sum() ** 0.5)
-                    rec = Embedding(rec.path, rec.arch, rec.weights, (rec.vector / norm if norm else rec.vector)
-                                    .astype("float32"))
+                    rec = rec.normalized()
                 out.write(rec)
                 written += 1
                 failed += not rec.ok
