@@ -12,7 +12,7 @@ depending on pytorch-grad-cam, on this machine:
    block: `Predictor.explain` (which also returns classify's top-k, from the fused fast path) against
    pytorch_grad_cam.GradCAM on torchvision's resnet50 in eval mode with the same checkpoint and the same
    targets (constructed once; timing includes normalising the uint8 batch, as ours does), and plain classify
-   (`Predictor.__call__`) for reference. Interleaved rounds, median of --runs after --warmup rounds; torch's
+   (`Predictor.classify`) for reference. Interleaved rounds, median of --runs after --warmup rounds; torch's
    default thread count. The largest difference between the two sets of maps is printed as a check that both
    computed the same thing.
 3. memory: --batches batches of 8 through each variant in its own subprocess: ours; GradCAM constructed once
@@ -100,7 +100,7 @@ def ours(arch: str):
 
     r = resolve(arch, str(checkpoint(arch)), None, None)
     loaded = load(r)
-    pred = Predictor(loaded.module, r.preprocess, device=torch.device("cpu"), dtype=torch.float32, topk=5)
+    pred = Predictor(loaded.module, r.preprocess, device=torch.device("cpu"), dtype=torch.float32)
     pos = cam.block_position(cam.resolve_layer("layer4", r.arch), r.arch)
     return pred, pos, loaded.module.layer4[-1]
 
@@ -211,7 +211,7 @@ def child_speed(runs: int, warmup: int) -> dict:
         return gc(input_tensor=normalised(u8), targets=cam_targets)
 
     def f_classify():
-        return pred(u8)
+        return pred.classify(u8, 5)
 
     fns = {"ours": f_ours, "gradcam": f_gc, "classify": f_classify}
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -386,7 +386,7 @@ def section_speed(runs: int, warmup: int) -> None:
     print(f"   {'':44} {'median s':>9} {'img/s':>7} {'min-max s':>13} {'vs grad-cam':>11}")
     labels = {"ours": "ours: Predictor.explain (maps + top-k)",
               "gradcam": "pytorch_grad_cam.GradCAM (maps only)",
-              "classify": "ours: Predictor.__call__ (top-k only)"}
+              "classify": "ours: Predictor.classify (top-k only)"}
     g = med(t["gradcam"])
     for k, label in labels.items():
         m = med(t[k])

@@ -206,6 +206,17 @@ def decode(fp: BinaryIO, *, draft_min_side: int | None = None, max_pixels: int =
         raise _classify_decode_error(exc) from None
 
 
+def in_memory(img: Image.Image) -> Image.Image:
+    """A PIL image given in memory (the Python API), made what `decode` makes of a file: loaded, its EXIF
+    orientation applied, RGB. The caller's image is not changed."""
+    img.load()
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block: the pixels as stored, as `decode` does
+        pass
+    return _to_rgb(img)
+
+
 def open_local(path: str, **kwargs) -> Image.Image:
     """Decode the image at `path`, mapping file-system failures to their error types. Only regular files are
     opened: a FIFO or a device named like an image would block the decode thread forever."""

@@ -19,89 +19,34 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UsageError
+from .devices import check_precision, dtype_of, forward_batch, resolve_device
 from .preprocess import normalize
 from .registry import Preprocess
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device `name` (auto, cpu, cuda, cuda:N, mps; spelling checked by `job.check_device`) means on this
-    machine, or a usage error naming what is missing."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA GPU is available here (try --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError(f"--device {name}: Apple's Metal backend is not available here (try --device cpu)")
-    return device
-
-
-def check_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of `precision` on `device`, or a usage error when this hardware cannot run it."""
-    from . import fused
-
-    dtype = PRECISIONS[precision]
-    if device.type == "cpu":
-        if dtype == torch.float16:
-            raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")
-        if dtype == torch.bfloat16 and not fused.bf16_supported():
-            raise UsageError("--precision bf16: this CPU has no fast bfloat16 support (AVX-512 BF16 or AMX)")
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise UsageError("--precision bf16: this GPU does not support bfloat16; use fp16")
-    if device.type == "mps" and dtype == torch.bfloat16:
-        raise UsageError("--precision bf16 is not supported on mps; use fp16")
-    return dtype
-
 
 def load_for(job, device: torch.device | None = None, *, check_here: bool = True):
-    """(device, dtype, weights.LoadedModel) for a job: the device found on this machine (or `device`, which an
-    engine has decided), the precision checked on it (unless `check_here` is False: a cluster's GPU is not
-    this machine's), the weights loaded and the top-k checked against the model's classes."""
+    """(device, dtype, weights.LoadedModel, task) for a job: the device found on this machine (or `device`,
+    which an engine has decided), the precision checked on it (unless `check_here` is False: a cluster's GPU is
+    not this machine's), the weights loaded and the job's task bound to the model's classes (tasks.Task.bind)."""
     from .weights import load
 
-    device = device if device is not None else resolve_device(job.device)
-    dtype = check_precision(job.precision.value, device) if check_here else PRECISIONS[job.precision.value]
-    loaded = load(job.weights, offline=job.network.offline, labels_file=job.labels_file, quiet=job.quiet)
-    if job.topk is not None and job.topk > loaded.num_classes:
-        raise UsageError(f"--topk {job.topk} is more than the model's {loaded.num_classes} classes")
-    if job.restrict and max(job.restrict) >= loaded.num_classes:
-        raise UsageError(f"class {max(job.restrict)} is not one of the model's {loaded.num_classes} classes")
-    return device, dtype, loaded
-
-
-def forward_batch(device_type: str) -> int:
-    """The one shape the network runs on (module docstring): 8 images on a CPU (the fastest of 4/8/12/16/32
-    measured on the fused path), 64 on a GPU."""
-    return 8 if device_type == "cpu" else 64
+    device = device if device is not None else resolve_device(job.options.device)
+    dtype = check_precision(job.options.precision, device) if check_here else dtype_of(job.options.precision)
+    loaded = load(job.weights, offline=job.network.offline, quiet=job.options.quiet)
+    return device, dtype, loaded, job.task.bind(loaded.num_classes)
 
 
 class Predictor:
-    """Callable: (N, H, W, 3) uint8 CPU tensor -> (top-k probabilities, top-k indices), float32/int64 on CPU.
-    Any N: the network runs on chunks of `forward_batch` images, the last one padded. With `restrict` (class
-    indices), the prediction is among those classes only: softmax over their logits, as timm's
-    `--valid-labels` does."""
+    """The network on batches of (N, crop, crop, 3) uint8 CPU tensors, any N: it runs on chunks of
+    `forward_batch` images, the last one padded (module docstring). `classify`, `embed` and `explain` are what
+    the tasks (tasks.py) ask of it."""
 
-    def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype,
-                 topk: int, restrict: tuple[int, ...] | None = None) -> None:
+    def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype) -> None:
         from . import fused
 
         self.preprocess = preprocess
         self.device = device
         self.dtype = dtype
-        self.topk = topk
-        self.restrict = None if restrict is None else torch.tensor(sorted(restrict), device=device)
         self.chunk = forward_batch(device.type)
         self.feature_dim = module.fc.in_features  # the length of `embed`'s vectors
         self.module = module
@@ -128,16 +73,30 @@ class Predictor:
                    for part in batch_u8.split(self.chunk))
 
     @torch.inference_mode()
-    def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def classify(self, batch_u8: torch.Tensor, topk: int, restrict: tuple[int, ...] | None = None,
+                 tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, topk) probabilities (float32) and class indices (int64), on the CPU, most probable first. With
+        `restrict` (class indices), the prediction is among those classes only: softmax over their logits, as
+        timm's `--valid-labels` does. With `tta`, horizontal-flip test-time augmentation: the mean of the
+        softmax of each input crop and of its mirror image (as timm's and torchvision's reference scripts
+        average flips); the mirrored crops run as chunks of their own, of the same fixed shape, so the answer
+        stays independent of the batch."""
+        keep = None if restrict is None else torch.tensor(sorted(restrict), device=self.device)
+
+        def probabilities(x: torch.Tensor) -> torch.Tensor:
+            logits = self.forward(x).float()
+            return torch.softmax(logits if keep is None else logits[:, keep], dim=1)
+
         n, chunks = self._chunks(batch_u8)
         values, indices = [], []
         for x in chunks:
-            logits = self.forward(x).float()
-            if self.restrict is not None:
-                logits = logits[:, self.restrict]
-            v, i = torch.softmax(logits, dim=1).topk(self.topk, dim=1)
+            probs = probabilities(x)
+            if tta:
+                mirrored = probabilities(x.flip(3).contiguous(memory_format=torch.channels_last))
+                probs = (probs + mirrored) / 2
+            v, i = probs.topk(topk, dim=1)
             values.append(v)
-            indices.append(i if self.restrict is None else self.restrict[i])
+            indices.append(i if keep is None else keep[i])
         return torch.cat(values)[:n].cpu(), torch.cat(indices)[:n].cpu()
 
     @torch.inference_mode()
@@ -147,9 +106,9 @@ class Predictor:
         features = self.forward.features
         return torch.cat([features(x).float() for x in chunks])[:n].cpu()
 
-    def explain(self, batch_u8: torch.Tensor, method: str, position: int, target: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`__call__`'s (top-k probabilities, top-k indices), from the very same forward pass, and for each image
+    def explain(self, batch_u8: torch.Tensor, method: str, position: int, target: int | None = None,
+                topk: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`classify`'s (top-k probabilities, top-k indices), from the very same forward pass, and for each image
         (target index, its probability, its (crop, crop) class activation map from `method` at block number
         `position`; cam.py). `target` None: each image's top-1 class.
 
@@ -181,7 +140,7 @@ class Predictor:
                     logits = self.forward(x).float()
                     block = cam.eager_prefix(self.module, x.to(dtype).contiguous(), position)
                 probs = torch.softmax(logits.float(), dim=1)
-                v, i = probs.topk(self.topk, dim=1)
+                v, i = probs.topk(topk, dim=1)
                 t = i[:, 0] if target is None else torch.full_like(i[:, 0], target)
                 p = probs.gather(1, t[:, None])[:, 0]
             m = cam.maps(method, lambda a: cam.eager_suffix(self.module, a, position), block, t,

@@ -125,6 +125,12 @@ class ResNet(nn.Module):
         return self.fc(self.features(x))
 
 
+def num_features(arch: ArchSpec) -> int:
+    """The length of the vector the classifier head receives (512 times the block's expansion: 512 or 2048),
+    asked of the network itself, built on the meta device (no memory, no initialisation)."""
+    return build(arch).fc.in_features
+
+
 def build(arch: ArchSpec, num_classes: int = 1000, device: str | torch.device = "meta") -> ResNet:
     """The architecture's module. On the default meta device it holds no memory and costs no initialisation:
     call `load_state_dict(..., assign=True)` to give it weights."""

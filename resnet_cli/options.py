@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .job import Engine, Precision
+from .devices import Precision
+from .job import Engine
 
 
 class Report(str, enum.Enum):
@@ -71,6 +72,9 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=1, metavar="N", show_default=False,
     help="Parallelism. --engine local: decode threads (default: one per core). --engine ray: model actors "
     "(default: one per CPU of the cluster, or one per GPU).")]
+TtaOpt = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: average the probabilities of each image and its mirror image (twice "
+    "the compute).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-file error lines on stderr.")]
 EngineOpt = Annotated[Engine, typer.Option(
     "--engine", case_sensitive=False,

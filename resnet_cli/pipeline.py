@@ -1,7 +1,7 @@
 """The streaming classification pipeline: decode in parallel, batch, infer, emit in input order.
 
-    sources (lazy) --> Decoder (feeder thread + decode threads, in-order window) --> batches --> Predictor
-        --> records
+    sources (lazy) --> Decoder (feeder thread + decode threads, in-order window) --> batches
+        --> the job's task (tasks.py) on the Predictor --> records
 
 - Decoding and resizing run in a thread pool: Pillow releases the GIL while it decodes and resamples, and
   threads cost no start-up (a worker process would pay the 2 s torch import, or pickling). The model runs in
@@ -27,7 +27,7 @@ from .errors import INTERNAL_ERROR, InputError
 from .images import open_bytes, open_local
 from .preprocess import resize_and_crop, view_of
 from .readers import Network
-from .records import Embedding, Explanation, Failure, Prediction, Record, Success, View
+from .records import Record, View
 from .registry import Preprocess
 from .resolve import Resolved
 from .sources import Source
@@ -42,14 +42,14 @@ class Prepared:
     path: str
     pixels: bytes | None  # crop*crop*3 RGB bytes, row-major
     error: InputError | None = None
-    view: View | None = None  # with `view`: the picture for an overlay or a report thumbnail
+    view: View | None = None  # with `view_size`: the picture for an overlay or a report thumbnail
 
 
 def prepare(source: Source, pre: Preprocess, fast_decode: bool = False, network: Network = Network(),
-            view: int | None = None) -> Prepared:
+            view_size: int | None = None) -> Prepared:
     """Decode and resize one source (runs in a worker thread, or a Ray task). Never raises for a bad input.
-    `network.read` gives the bytes of a network input by its scheme, or None for a local file. `view`: also
-    keep the picture, at most that many pixels on its longer side (preprocess.view_of)."""
+    `network.read` gives the bytes of a network input by its scheme, or None for a local file. `view_size`:
+    also keep the picture, at most that many pixels on its longer side (preprocess.view_of)."""
     if source.error is not None:
         return Prepared(source.path, None, source.error)
     draft = FAST_DECODE_FACTOR * pre.resize if fast_decode else None
@@ -60,42 +60,11 @@ def prepare(source: Source, pre: Preprocess, fast_decode: bool = False, network:
         else:
             img = open_local(source.path, draft_min_side=draft)
         return Prepared(source.path, resize_and_crop(img, pre).tobytes(),
-                        view=view_of(img, pre, view) if view else None)
+                        view=view_of(img, pre, view_size) if view_size else None)
     except InputError as exc:
         return Prepared(source.path, None, exc)
     except Exception as exc:  # a bug here must cost one record, not the run
         return Prepared(source.path, None, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
-
-
-def to_records(prepared: list[Prepared], probs, indices, weights: Resolved, labels: tuple[str, ...],
-               explained=None) -> list[Record]:
-    """Records for a run of prepared inputs, in order; `probs`/`indices` hold one row per successful input.
-    With `indices` None, `probs` are embeddings (one vector a row) and the records are Embedding records.
-    `explained`: (job.Explain, targets, their probabilities, maps), a row per successful input."""
-    arch, name, pre = weights.arch.name, weights.name, weights.preprocess
-    out: list[Record] = []
-    row = 0
-    for p in prepared:
-        if p.error is not None:
-            out.append(Failure(p.path, p.error.kind, p.error.message))
-            continue
-        if indices is None:
-            out.append(Embedding(p.path, arch, name, probs[row]))
-            row += 1
-            continue
-        topk = tuple(
-            Prediction(rank=r + 1, index=int(i), label=labels[int(i)], probability=float(v))
-            for r, (v, i) in enumerate(zip(probs[row].tolist(), indices[row].tolist()))
-        )
-        explanation = None
-        if explained is not None:
-            spec, targets, target_probs, maps = explained
-            target = int(targets[row])
-            explanation = Explanation(spec.method, spec.layer, target, labels[target], float(target_probs[row]),
-                                      maps[row])
-        out.append(Success(p.path, arch, name, pre.resize, pre.crop, topk, explanation, p.view))
-        row += 1
-    return out
 
 
 def stack(prepared: list[Prepared], crop: int):
@@ -133,18 +102,19 @@ class Decoder:
 
     def __init__(self, sources: Iterable[Source], pre: Preprocess, *, workers: int | None = None,
                  window: int | None = None, fast_decode: bool = False, stop: threading.Event | None = None,
-                 network: Network = Network(), idle_s: float = 0.25, view: int | None = None) -> None:
+                 network: Network = Network(), idle_s: float = 0.25, view_size: int | None = None) -> None:
         self.workers = workers or default_workers()
         self._window = threading.Semaphore(window or default_window(8, self.workers))
         self._futures: queue.Queue = queue.Queue()
         self._stop = stop or threading.Event()  # shared with the signal handler
         self._idle_s = idle_s
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
-        self._feeder = threading.Thread(target=self._feed, args=(iter(sources), pre, fast_decode, network, view),
-                                        name="decode-feeder", daemon=True)
+        self._feeder = threading.Thread(target=self._feed, name="decode-feeder", daemon=True,
+                                        args=(iter(sources), pre, fast_decode, network, view_size))
         self._feeder.start()
 
-    def _feed(self, sources, pre: Preprocess, fast_decode: bool, network: Network, view: int | None) -> None:
+    def _feed(self, sources, pre: Preprocess, fast_decode: bool, network: Network, view_size: int | None
+              ) -> None:
         try:
             for src in sources:
                 while not self._window.acquire(timeout=0.1):
@@ -152,7 +122,7 @@ class Decoder:
                         return
                 if self._stop.is_set():
                     return
-                self._futures.put(self._pool.submit(prepare, src, pre, fast_decode, network, view))
+                self._futures.put(self._pool.submit(prepare, src, pre, fast_decode, network, view_size))
         except BaseException as exc:  # listing failed in a way no record covers: re-raised in the consumer
             self._futures.put(exc)
         finally:
@@ -187,30 +157,22 @@ class Decoder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def classify(decoded: Iterable[Prepared | object], predictor, *, weights: Resolved, labels: tuple[str, ...],
-             batch_size: int = 8, stop: threading.Event | None = None, embed: bool = False,
-             explain=None, on_batch=None) -> Iterator[Record]:
-    """One record per decoded input, in order, streamed: a batch is classified when it is full, or as soon
-    as the decoder has nothing ready (IDLE), so results never wait on a slow source; failures that no
-    success precedes are emitted at once. Once `stop` is set, the batch being gathered is classified and
-    emitted and the stream ends: at most one more forward pass after a Ctrl-C. `explain` (a job.Explain): each
-    success also gets its class activation map. `on_batch(n)`: called after each forward pass, with its n
-    images, before their records are emitted (evaluate's throughput)."""
+def run_task(decoded: Iterable[Prepared | object], predictor, task, *, weights: Resolved,
+             labels: tuple[str, ...], batch_size: int = 8, stop: threading.Event | None = None,
+             on_batch=None) -> Iterator[Record]:
+    """One record per decoded input, in order, streamed, computed by `task` (tasks.Task) with `predictor`: a
+    batch is computed when it is full, or as soon as the decoder has nothing ready (IDLE), so results never wait
+    on a slow source; failures that no success precedes are emitted at once. Once `stop` is set, the batch
+    being gathered is computed and emitted and the stream ends: at most one more forward pass after a Ctrl-C.
+    `on_batch(n)`: called after each forward pass, with its n images, before their records are emitted
+    (evaluate's throughput)."""
     def records(batch: list[Prepared]) -> list[Record]:
-        probs = indices = explained = None
+        outputs = None
         if any(p.error is None for p in batch):
-            pixels = stack(batch, weights.preprocess.crop)
-            if embed:
-                probs = predictor.embed(pixels).numpy()
-            elif explain is not None:
-                probs, indices, targets, target_probs, maps = predictor.explain(
-                    pixels, explain.method, explain.position, explain.target)
-                explained = (explain, targets, target_probs, maps.numpy())
-            else:
-                probs, indices = predictor(pixels)
+            outputs = task.compute(predictor, stack(batch, weights.preprocess.crop))
             if on_batch is not None:
                 on_batch(sum(p.error is None for p in batch))
-        return to_records(batch, probs, indices, weights, labels, explained)
+        return task.records(batch, outputs, weights, labels)
 
     pending: list[Prepared] = []
     n_ok = 0

@@ -106,6 +106,13 @@ class Embedding:
         return {"path": self.path, "arch": self.arch, "weights": self.weights,
                 "embedding": [float(v) for v in self.vector.tolist()]}
 
+    def normalized(self) -> "Embedding":
+        """This embedding scaled to unit length (L2; the norm summed in float64, the vector kept float32), as
+        `embed --normalize` writes it. An all-zero vector stays as it is."""
+        norm = float((self.vector.astype("float64") ** 2).sum() ** 0.5)
+        return Embedding(self.path, self.arch, self.weights,
+                         (self.vector / norm if norm else self.vector).astype("float32"))
+
 
 Record = Success | Failure | Embedding
 

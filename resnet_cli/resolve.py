@@ -37,6 +37,7 @@ class Resolved:
     name: str  # the published full name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
     preprocess: Preprocess
     labels: tuple[str, ...] | None = None  # the class names a trained model carries
+    labels_file: str | None = None  # --labels: a file of class names, read when the model is loaded
 
     @property
     def num_classes(self) -> int | None:
@@ -119,8 +120,13 @@ def _override(pre: Preprocess, resize: int | None, crop: int | None) -> Preproce
 
 
 def resolve(arch: str | None = None, weights: str = "DEFAULT", resize: int | None = None,
-            crop: int | None = None) -> Resolved:
-    """The one reading of `--arch`/`--weights`/`--resize`/`--crop` (module docstring). Raises UsageError."""
+            crop: int | None = None, *, labels_file: str | None = None) -> Resolved:
+    """The one reading of `--arch`/`--weights`/`--resize`/`--crop` (module docstring), with the --labels file
+    the model's class names come from. Raises UsageError."""
+    return replace(_resolve(arch, weights, resize, crop), labels_file=labels_file)
+
+
+def _resolve(arch: str | None, weights: str, resize: int | None, crop: int | None) -> Resolved:
     is_file = os.path.exists(weights)
     if not is_file and _is_published_name(weights):
         owner = _owner(weights)

@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 
 from .errors import UsageError
-from .job import topk_for
+from .tasks import topk_for
 from .records import Failure, Prediction, Record, Success, from_dict
 from .writers import Format
 

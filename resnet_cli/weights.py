@@ -184,10 +184,10 @@ def check_checkpoint(arch: ArchSpec, path: str) -> None:
     check_fit(arch, shapes, path)
 
 
-def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str, ...]:
-    """The names of the model's classes, as its records will give them: the --labels file's, else ImageNet's
-    for published weights and 1000-class checkpoints, else class_N. A checkpoint without --labels is read to
-    count its classes."""
+def class_names(weights: Resolved) -> tuple[str, ...]:
+    """The names of the model's classes, as its records will give them: the --labels file's
+    (`weights.labels_file`), else ImageNet's for published weights and 1000-class checkpoints, else class_N. A
+    checkpoint without --labels is read to count its classes."""
     num_classes = weights.num_classes
     if num_classes is None:
         shape = head_shape(weights.name)
@@ -197,7 +197,7 @@ def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str,
         if shape is None or len(shape) != 2:
             raise UsageError(f"checkpoint {weights.name} does not fit {weights.arch.name}: it has no fc.weight head")
         num_classes = shape[0]
-    return _labels(num_classes, labels_file, weights.labels)
+    return _labels(num_classes, weights.labels_file, weights.labels)
 
 
 def head_shape(path: str) -> tuple[int, ...] | None:
@@ -293,12 +293,12 @@ class LoadedModel:
         return len(self.labels)
 
 
-def load(weights: Resolved, *, offline: bool = False, labels_file: str | None = None,
-         quiet: bool = False) -> LoadedModel:
-    """Everything a run needs to classify: the model with its weights and its labels."""
+def load(weights: Resolved, *, offline: bool = False, quiet: bool = False) -> LoadedModel:
+    """Everything a run needs to classify: the model with its weights and its labels (`weights.labels_file`'s
+    when --labels gave one)."""
     if weights.spec is not None:
         state = read_state_dict(fetch(weights.spec, offline=offline, quiet=quiet))
     else:
         state = read_state_dict(weights.name)
     module = build_model(weights.arch, state, weights.name)
-    return LoadedModel(weights, _labels(module.fc.out_features, labels_file, weights.labels), module)
+    return LoadedModel(weights, _labels(module.fc.out_features, weights.labels_file, weights.labels), module)

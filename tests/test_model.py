@@ -62,9 +62,9 @@ def test_without_onednn_fusion_the_eager_path_gives_the_same_answers(checkpoint,
         monkeypatch.setattr(fused, "available", lambda: fusion)
         m = model.build(spec)
         m.load_state_dict(torch.load(checkpoint("resnet18"), weights_only=True), assign=True)
-        predictor = Predictor(m.eval(), pre, device=torch.device("cpu"), dtype=torch.float32, topk=5)
+        predictor = Predictor(m.eval(), pre, device=torch.device("cpu"), dtype=torch.float32)
         assert isinstance(predictor.forward, fused.FusedResNet) == fusion
-        results.append(predictor(batch))
+        results.append(predictor.classify(batch, 5))
     (p_fused, i_fused), (p_eager, i_eager) = results
     assert torch.equal(i_fused, i_eager)
     torch.testing.assert_close(p_fused, p_eager, atol=1e-5, rtol=0)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from resnet_cli.commands.classify import run
-from resnet_cli.job import make_job
+from resnet_cli.job import InputOptions, ModelOptions, RunOptions, make_job
+from resnet_cli.tasks import Classify
 from resnet_cli.writers import Format
 
 pytestmark = pytest.mark.ray
@@ -51,7 +52,9 @@ def folder(tmp_path_factory) -> Path:
 def classify(inputs: list[str], **options) -> tuple[int, list[dict], str]:
     """The classify command's job in this process (so that the local engine's threads can be pinned)."""
     out, err = io.BytesIO(), io.StringIO()
-    code = run(make_job(inputs, **options), Format.jsonl, None, stdout=out, stderr=err)
+    model = ModelOptions(options.pop("arch"), options.pop("weights")).resolve()
+    job = make_job(inputs, model, Classify(options.pop("topk")), RunOptions(**options), listing=InputOptions())
+    code = run(job, Format.jsonl, None, stdout=out, stderr=err)
     return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
 
 

@@ -1,6 +1,7 @@
 """`resnet-classify classify` (the default command): the top-k ImageNet classes of each input, in input order.
 
-    options --> job.make_job (checked, no torch) --> engines.records(job) --> write_records --> exit code
+    options --> api.build_job(Classify, ModelOptions, RunOptions) (resolved once, checked, no torch)
+        --> engines.records(job) --> write_records --> exit code
 
 This file owns what classify adds around an engine: the output file and its format, `--resume`, per-file
 lines on stderr, the progress bar, and the exit code.
@@ -16,10 +17,11 @@ import typer
 
 from ..console import eprint, isatty
 from ..errors import UsageError
-from ..job import Engine, Job, Precision, make_job
+from ..devices import Precision
+from ..job import Engine, InputOptions, Job, ModelOptions, RunOptions
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, LabelsOpt,
                        NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt,
-                       TopkOpt, WeightsOpt, WorkersOpt)
+                       TopkOpt, TtaOpt, WeightsOpt, WorkersOpt)
 from ..records import Record
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
@@ -43,6 +45,7 @@ def command(
     arch: ArchOpt = None,
     weights: WeightsOpt = "DEFAULT",
     topk: TopkOpt = None,
+    tta: TtaOpt = False,
     format: FormatOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
@@ -65,10 +68,15 @@ def command(
     """Classify images; print the top-k ImageNet classes of each, in input order."""
     fmt = check_output(format, output, resume)
     check_report(report, resume)
-    job = make_job(inputs, arch=arch, weights=weights, topk=topk, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
-                   offline=offline, labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet,
-                   engine=engine, ray_address=ray_address, view=REPORT_VIEW if report else None)
+    from ..api import build_job
+    from ..tasks import Classify
+
+    model = ModelOptions(arch, weights, resize, crop, labels)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
+                         quiet=quiet)
+    job = build_job(inputs, Classify(topk, tta=tta), model, options, listing=InputOptions(recursive, null),
+                    view_size=REPORT_VIEW if report else None)
     previous = []
     if resume:
         from ..resume import previous_successes
@@ -131,7 +139,7 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
     # place, in red: the same line again on stderr, the same terminal, would only repeat it.
     stream = RecordStream(job, description, bar=not (isatty(stdout) and not output),
                           failure_lines=not (color and isatty(stderr)), stderr=stderr, records=reorder)
-    explain = job.explain is not None  # the csv writer adds the explanation's columns
+    explain = job.task.name == "explain"  # the csv writer adds the explanation's columns
     writer, failed, ok = None, 0, False
     page = None
     if report:
@@ -160,7 +168,7 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
             if page is not None:
                 page.close(ok=ok)
         code = stream.exit_code(failed)
-    if writer.count == 0 and fmt is Format.table and not job.quiet:
+    if writer.count == 0 and fmt is Format.table and not job.options.quiet:
         eprint("no images to classify", stderr)
     if stream.interrupted:  # even with --quiet: the user must learn how to continue
         where = f" to {output}" if output else ""

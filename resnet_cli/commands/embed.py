@@ -1,6 +1,6 @@
 """`resnet-classify embed`: the vector the classifier head receives, for every input, into a file.
 
-    options --> job.make_job(embed=True) --> engines.records(job) --> embeddings.open_output (by extension)
+    options --> api.build_job(Embed) --> engines.records(job) --> embeddings.open_output (by extension)
 
 The same engines, batches and fixed forward shape as classify: a vector depends on its image and the options
 only. Failures are records as in classify (stderr lines, exit code 1).
@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from ..console import eprint
-from ..job import Engine, Precision, make_job
+from ..devices import Precision
+from ..job import Engine, InputOptions, ModelOptions, RunOptions
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, InputsArg, NullOpt,
                        OfflineOpt, PrecisionOpt, QuietOpt, RayAddressOpt, RecursiveOpt, ResizeOpt, WeightsOpt,
                        WorkersOpt)
@@ -50,10 +51,15 @@ def command(
 
     embeddings.check_output(output)
     check_writable(output)
-    job = make_job(inputs, arch=arch, weights=weights, topk=1, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
-                   offline=offline, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
-                   ray_address=ray_address, embed=True)
+    from ..tasks import Embed
+
+    from ..api import build_job
+
+    model = ModelOptions(arch, weights, resize, crop)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
+                         quiet=quiet)
+    job = build_job(inputs, Embed(), model, options, listing=InputOptions(recursive, null))
     raise typer.Exit(run(job, output, normalize=normalize))
 
 
@@ -61,23 +67,35 @@ def run(job, output: str, *, normalize: bool = False) -> int:
     from .. import embeddings
     from ..records import Embedding
 
-    dim = 512 if job.weights.arch.block == "basic" else 2048  # layer4's channels
-    out = embeddings.open_output(output, dim=dim, arch=job.weights.arch.name, weights=job.weights.name)
+    def open_output(rec):
+        """The output, opened at the first record (the model is loaded by then): its width is the network's."""
+        if isinstance(rec, Embedding):
+            dim = len(rec.vector)
+        else:
+            from ..model import num_features
+
+            dim = num_features(job.weights.arch)
+        return embeddings.open_output(output, dim=dim, arch=job.weights.arch.name, weights=job.weights.name)
+
+    out = None
     written = failed = 0
     ok = False
     with RecordStream(job, "embedding") as stream:
         try:
             for rec in stream:
+                if out is None:
+                    out = open_output(rec)
                 if isinstance(rec, Embedding) and normalize:
-                    norm = float((rec.vector.astype("float64") ** 2).sum() ** 0.5)
-                    rec = Embedding(rec.path, rec.arch, rec.weights, (rec.vector / norm if norm else rec.vector)
-                                    .astype("float32"))
+                    rec = rec.normalized()
                 out.write(rec)
                 written += 1
                 failed += not rec.ok
+            if out is None:  # nothing to embed: an empty file all the same
+                out = open_output(None)
             ok = True
         finally:
-            out.close(ok=ok)
+            if out is not None:
+                out.close(ok=ok)
         code = stream.exit_code(failed)
     if stream.interrupted:
         eprint(f"interrupted: {written} record{'s' if written != 1 else ''} written to {output}")

@@ -18,9 +18,10 @@ import typer
 
 from ..console import eprint, isatty, print_data
 from ..errors import UsageError
-from ..job import Engine, Precision, make_job, topk_for
+from ..devices import Precision
+from ..job import Engine, ModelOptions, RunOptions, make_job
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
-                       QuietOpt, RayAddressOpt, Report, ResizeOpt, WorkersOpt)
+                       QuietOpt, RayAddressOpt, Report, ResizeOpt, TtaOpt, WorkersOpt)
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
 
@@ -58,6 +59,7 @@ def command(
         "images, and a card per image to search and filter. With several models, one file each.")] = None,
     restrict: Annotated[bool, typer.Option(
         "--restrict", help="Predict among the classes present in DATA only (for a subset of ImageNet).")] = False,
+    tta: TtaOpt = False,
     labels: LabelsOpt = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
@@ -73,7 +75,6 @@ def command(
 ) -> None:
     """Measure accuracy on labelled images: top-1/top-5, per-class precision/recall/F1, confusion matrix."""
     from .. import labelled
-    from ..resolve import resolve
     from ..writers import AtomicFile
 
     fmt = format or (Report.json if (output or "").lower().endswith(".json") or
@@ -97,16 +98,18 @@ def command(
     if data_set.empty and not quiet:
         eprint(f"{data}: class folder(s) {', '.join(map(repr, data_set.empty))} hold no image and are not "
                "evaluated")
-    runs = [resolve(model_arch, model_weights, resize, crop) for model_arch, model_weights in models]
-    _check_models(runs, data_set, labels=labels, offline=offline, quiet=quiet)
+    # every model resolved once, and checked before any is run
+    runs = [ModelOptions(model_arch, model_weights, resize, crop, labels).resolve() for model_arch, model_weights
+            in models]
+    _check_models(runs, data_set, offline=offline, quiet=quiet)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
+                         quiet=quiet)
     results, code = [], 0
     pred_file = AtomicFile(predictions) if predictions else None
     try:
         for resolved in runs:
-            result, run_code = _evaluate(resolved, data_set, restrict=restrict, labels=labels, batch_size=batch_size,
-                                         device=device, precision=precision, fast_decode=fast_decode,
-                                         resize=resize, crop=crop, workers=workers, offline=offline, quiet=quiet,
-                                         engine=engine, ray_address=ray_address, predictions=pred_file,
+            result, run_code = _evaluate(resolved, data_set, options, restrict=restrict, tta=tta, predictions=pred_file,
                                          several=len(runs) > 1,
                                          report=report and _named_for(report, resolved, len(runs) > 1))
             results.append(result)
@@ -137,7 +140,7 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
     return [(archs[i if len(archs) > 1 else 0], weight_list[i if len(weight_list) > 1 else 0]) for i in range(n)]
 
 
-def _check_models(runs, data_set, *, labels: str | None, offline: bool, quiet: bool) -> None:
+def _check_models(runs, data_set, *, offline: bool, quiet: bool) -> None:
     """Before the first image of the first model: every model's weights are at hand (published weights cached,
     else downloaded now; a checkpoint that fits its architecture, judged from its tensors' shapes) and DATA's
     labels name its classes. One usage error lists every model that cannot run (WeightsUnavailable when
@@ -153,7 +156,7 @@ def _check_models(runs, data_set, *, labels: str | None, offline: bool, quiet: b
                 fetch(resolved.spec, offline=offline, quiet=quiet)
             else:
                 check_checkpoint(resolved.arch, resolved.name)
-            labelled.match(data_set.labels, class_names(resolved, labels), model=resolved.arch.name)
+            labelled.match(data_set.labels, class_names(resolved), model=resolved.arch.name)
         except UsageError as exc:
             problems.append(exc)
     if len(problems) == 1:
@@ -164,25 +167,24 @@ def _check_models(runs, data_set, *, labels: str | None, offline: bool, quiet: b
                    "\n".join(f"- {p}" for p in problems))
 
 
-def _evaluate(resolved, data_set, *, restrict: bool, labels, batch_size, device, precision, fast_decode, resize,
-              crop, workers, offline, quiet, engine, ray_address, predictions, several: bool,
+def _evaluate(resolved, data_set, options: RunOptions, *, restrict: bool, tta: bool, predictions, several: bool,
               report: str | None = None) -> tuple[dict, int]:
+    """One model's evaluation: (its result, the run's exit code)."""
     from .. import labelled
     from ..metrics import Evaluation
+    from ..tasks import Classify, topk_for
     from ..weights import class_names
     from ..writers import dumps
 
-    classes = class_names(resolved, labels)
+    classes = class_names(resolved)
     name = resolved.arch.name
     found = labelled.match(data_set.labels, classes, model=name)
     truth = [found[label] for label in data_set.labels]
     present = sorted(set(truth))
     topk = topk_for(None, len(present) if restrict else len(classes))
-    job = make_job([], sources=data_set.sources, arch=resolved.arch.name, weights=resolved.name, topk=topk,
-                   device=device, precision=precision, batch_size=batch_size, workers=workers, offline=offline,
-                   labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
-                   ray_address=ray_address, restrict=tuple(present) if restrict else None,
-                   view=REPORT_VIEW if report else None)
+    task = Classify(topk, tuple(present) if restrict else None, tta)
+    job = make_job([], resolved, task, options, sources=data_set.sources,
+                   view_size=REPORT_VIEW if report else None)
     evaluation = Evaluation(present, classes)
     page = None
     if report:

@@ -1,6 +1,6 @@
 """`resnet-classify explain`: where in each photo the network found its answer.
 
-    options --> job.make_job(explain=Explain, view=1024) --> engines.local: the classify forward pass, plus
+    options --> job.make_job(task=Explain, view_size=1024) --> engines.local: the classify forward pass, plus
         cam.py's map from the chosen block --> overlay.render --> overlay PNG (and --maps .npy) in --out
         --> classify's record plus "explanation" --> classify's writers (and --report)
 
@@ -22,7 +22,8 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from ..job import Explain, Precision, make_job
+from ..devices import Precision
+from ..job import InputOptions, ModelOptions, RunOptions, make_job
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, FastDecodeOpt, InputsArg, LabelsOpt, NullOpt,
                        OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RecursiveOpt, ResizeOpt, TopkOpt, WeightsOpt,
                        WorkersOpt)
@@ -75,19 +76,19 @@ def command(
     """Show where the network looked: classify, and draw each image's class activation map over it."""
     from .. import cam
     from ..overlay import OVERLAY_SIZE
-    from ..resolve import resolve
 
     fmt = check_output(format, output, False)
     check_report(report)
     _check_out(out)
-    resolved = resolve(arch, weights, resize, crop)
+    from ..tasks import Explain
+
+    resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
     block = cam.resolve_layer(layer, resolved.arch)
-    spec = Explain(method.value, block, cam.block_position(block, resolved.arch),
-                   _target(target, resolved, labels))
-    job = make_job(inputs, arch=arch, weights=weights, topk=topk, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
-                   offline=offline, labels=labels, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet,
-                   explain=spec, view=OVERLAY_SIZE)
+    task = Explain(method.value, block, cam.block_position(block, resolved.arch), _target(target, resolved),
+                   topk)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, offline=offline, quiet=quiet)
+    job = make_job(inputs, resolved, task, options, listing=InputOptions(recursive, null), view_size=OVERLAY_SIZE)
     raise typer.Exit(run(job, fmt, output, report=report, each=_Files(out, maps, keep=bool(report)),
                          description="explaining", title="resnet-classify explain"))
 
@@ -103,14 +104,14 @@ def _check_out(out: str) -> None:
         raise UsageError(f"--out {out}: cannot create files in it")
 
 
-def _target(target: str, resolved, labels_file: str | None) -> int | None:
+def _target(target: str, resolved) -> int | None:
     """--target as a class index (None: each image's top-1); a label that names no class is a usage error."""
     if target.strip().lower() == "top1":
         return None
     from .. import labelled
     from ..weights import class_names
 
-    classes = class_names(resolved, labels_file)
+    classes = class_names(resolved)
     try:
         return labelled.match([target.strip()], classes, model=resolved.arch.name)[target.strip()]
     except UsageError as exc:

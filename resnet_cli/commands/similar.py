@@ -22,7 +22,8 @@ import typer
 
 from ..console import isatty, print_data
 from ..errors import UsageError
-from ..job import Engine, Precision, make_job
+from ..devices import Precision
+from ..job import ModelOptions, RunOptions, make_job
 from ..options import ArchOpt, BatchSizeOpt, DeviceOpt, OfflineOpt, PrecisionOpt, QuietOpt, WorkersOpt
 from .stream import RecordStream
 
@@ -88,9 +89,9 @@ def command(
         def flush() -> None:
             nonlocal code
             if pending:
-                vectors, failures, run_code = _embed(pending, meta, arch=arch, weights=weights, device=device,
-                                                     precision=precision, batch_size=batch_size, workers=workers,
-                                                     offline=offline, quiet=quiet)
+                options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                                     offline=offline, quiet=quiet)
+                vectors, failures, run_code = _embed(pending, meta, ModelOptions(arch, weights), options)
                 code = max(code, run_code)
                 for path, vector in vectors:
                     results.append(neighbours(path, vector, paths, unit, k, threshold, exclude=None))
@@ -164,17 +165,16 @@ def duplicate_groups(paths: list[str], unit, threshold: float):
         yield {"group": [paths[i] for i in members], "similarity": low}
 
 
-def _embed(queries: list[str], meta: dict, *, arch, weights, device, precision, batch_size, workers, offline,
-           quiet):
+def _embed(queries: list[str], meta: dict, model: ModelOptions, options: RunOptions):
     """(path, vector) for each query image, failure records for the rest, and the exit code."""
-    arch = arch or meta.get("arch")
-    weights = weights or meta.get("weights")
+    arch = model.arch or meta.get("arch")
+    weights = model.weights or meta.get("weights")
     if not arch or not weights:
         raise UsageError("this index does not say which model made it (.npy): give --arch and --weights to embed "
                          "the queries, or query paths that are in the index")
-    job = make_job(queries, arch=arch, weights=weights, topk=1, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers, offline=offline, quiet=quiet, engine=Engine.local,
-                   embed=True)
+    from ..tasks import Embed
+
+    job = make_job(queries, ModelOptions(arch, weights).resolve(), Embed(), options)
     vectors, failures = [], []
     with RecordStream(job, "embedding the queries") as stream:
         for rec in stream:

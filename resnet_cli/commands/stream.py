@@ -33,8 +33,8 @@ class RecordStream:
         self.job = job
         self.description = description
         self.stderr = stderr or sys.stderr
-        self.failure_lines = failure_lines and not job.quiet
-        self.show_bar = bar and not job.quiet and isatty(self.stderr)
+        self.failure_lines = failure_lines and not job.options.quiet
+        self.show_bar = bar and not job.options.quiet and isatty(self.stderr)
         self.total = total
         self._records = records  # a stream made from the engine's (resume's reordering), else the engine's
         self.signals = StopSignals()

@@ -20,7 +20,8 @@ import typer
 
 from ..console import eprint, isatty, print_data, progress_bar
 from ..errors import UsageError
-from ..job import Precision, make_job
+from ..devices import Precision
+from ..job import ModelOptions, RunOptions, make_job
 from ..options import (ArchOpt, BatchSizeOpt, DeviceOpt, FastDecodeOpt, OfflineOpt, PrecisionOpt, QuietOpt, Report,
                        WeightsOpt, WorkersOpt)
 from .stream import RecordStream
@@ -58,7 +59,6 @@ def command(
 ) -> None:
     """Train a classifier for your own classes on the network's features; save it as one .safetensors file."""
     from .. import labelled
-    from ..resolve import resolve
 
     if not output.endswith(".safetensors"):
         raise UsageError(f"-o {output}: the model is saved as a .safetensors file")
@@ -66,7 +66,7 @@ def command(
 
     check_writable(output)
     fmt = format or (Report.table if isatty(sys.stdout) else Report.json)
-    resolved = resolve(arch, weights)
+    resolved = ModelOptions(arch, weights).resolve()
     train_set = labelled.read(data)
     if train_set.empty:  # as a class whose images are all unreadable (below): never a class dropped unseen
         raise UsageError(f"no usable training image for class{'es' if len(train_set.empty) > 1 else ''} "
@@ -83,9 +83,9 @@ def command(
         val_items = list(zip(val_set.sources, val_set.labels))
     else:
         train_items, val_items = split(list(zip(train_set.sources, train_set.labels)), val, seed)
-    job_args = dict(arch=resolved.arch.name, weights=resolved.name, device=device, precision=precision,
-                    batch_size=batch_size, workers=workers, fast_decode=fast_decode, offline=offline, quiet=quiet)
-    features, failures, counts, code = extract([s for s, _ in train_items + val_items], resolved, job_args)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, offline=offline, quiet=quiet)
+    features, failures, counts, code = extract([s for s, _ in train_items + val_items], resolved, options)
     index = {c: i for i, c in enumerate(classes)}
 
     def matrix(items):
@@ -143,17 +143,16 @@ def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
     return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
 
 
-def extract(sources, resolved, job_args: dict):
+def extract(sources, resolved, options: RunOptions):
     """({path: vector}, failures, {"cached", "extracted", "failed"}, exit code): each image's features from the
     cache, or through the engine (and then into the cache). The counts are of distinct paths: read from the
     cache, extracted now, could not be read. The exit code is 1 when an image could not be read, as classify's."""
     from .. import probe
 
-    from ..inference import resolve_device
-    from ..job import check_device
+    from ..devices import check_device, resolve_device
 
-    precision = Precision(job_args["precision"])
-    device_type = resolve_device(check_device(job_args["device"], precision)).type  # what "auto" picks here
+    precision = Precision(options.precision)
+    device_type = resolve_device(check_device(options.device, precision)).type  # what "auto" picks here
     cache = probe.FeatureCache(probe.model_key(resolved, precision.value, device_type))
     features, digests, todo = {}, {}, []
     unique = list(dict.fromkeys(sources))  # a path listed twice is read once
@@ -172,7 +171,9 @@ def extract(sources, resolved, job_args: dict):
             todo.append(s)
     failures, code = [], 0
     if todo:
-        job = make_job([], sources=todo, topk=1, embed=True, **job_args)
+        from ..tasks import Embed
+
+        job = make_job([], resolved, Embed(), options, sources=todo)
         with RecordStream(job, "extracting features", total=len(todo)) as stream:
             for rec in stream:
                 if rec.ok:
@@ -184,7 +185,7 @@ def extract(sources, resolved, job_args: dict):
         if stream.interrupted:  # an interrupted extraction trains nothing; what was cached stays
             raise typer.Exit(stream.exit_code(0))
         code = stream.exit_code(len(failures))
-    if failures and not job_args["quiet"]:
+    if failures and not options.quiet:
         eprint(f"{len(failures)} image(s) could not be read and are left out")
     counts = {"cached": len(unique) - len(todo), "extracted": len(todo) - len(failures), "failed": len(failures)}
     return features, failures, counts, code

@@ -8,7 +8,7 @@ engine writes nothing: the command that asked for the records writes them and de
     local   decode threads + the model in this process (engines/local.py)
     ray     the same decoding and model on a Ray cluster (engines/ray.py)
 
-A new engine is a new module here with the same function, and a member of `job.Engine`.
+A new engine is a new module here with the same function, and a member of `job.Engine`; tasks (tasks.py) name the engines that can run them.
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ from ..records import Record
 
 def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     """The records of `job` from the engine it names (imported only now: Ray is heavy)."""
-    engine = importlib.import_module(f".{job.engine.value}", __name__)
+    engine = importlib.import_module(f".{job.options.engine.value}", __name__)
     return engine.records(job, stop)

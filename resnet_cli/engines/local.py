@@ -2,6 +2,7 @@
 
 The Decoder starts before torch is imported and the weights are loaded, so the first images are decoded on
 the core those leave idle; the model then runs in the calling thread while the threads decode ahead.
+It runs every task (tasks.py).
 """
 
 from __future__ import annotations
@@ -9,26 +10,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ..job import Job, default_batch_size, topk_for
-from ..pipeline import Decoder, classify, default_window, default_workers
+from ..devices import default_batch_size
+from ..job import Job
+from ..pipeline import Decoder, default_window, default_workers, run_task
 from ..records import Record
 
 
 def records(job: Job, stop: threading.Event) -> Iterator[Record]:
-    workers = job.workers or default_workers()
-    decoder = Decoder(job.inputs, job.weights.preprocess, workers=workers, fast_decode=job.fast_decode,
-                      window=default_window(job.batch_size or 64, workers), stop=stop, network=job.network,
-                      view=job.view)
+    opts = job.options
+    workers = opts.workers or default_workers()
+    decoder = Decoder(job.inputs, job.weights.preprocess, workers=workers, fast_decode=opts.fast_decode,
+                      window=default_window(opts.batch_size or 64, workers), stop=stop, network=job.network,
+                      view_size=job.view_size)
     try:
         from ..inference import Predictor, load_for
 
-        device, dtype, loaded = load_for(job)
-        batch_size = default_batch_size(job.batch_size, device.type)
-        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype,
-                              topk=topk_for(job.topk, loaded.num_classes),
-                              restrict=job.restrict)
-        yield from classify(decoder, predictor, weights=job.weights, labels=loaded.labels, batch_size=batch_size,
-                            stop=stop, embed=job.embed, explain=job.explain, on_batch=job.on_batch)
+        device, dtype, loaded, task = load_for(job)
+        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype)
+        yield from run_task(decoder, predictor, task, weights=job.weights, labels=loaded.labels,
+                            batch_size=default_batch_size(opts.batch_size, device.type), stop=stop,
+                            on_batch=job.on_batch)
     finally:
         decoder.close()
         job.inputs.close()

@@ -5,7 +5,8 @@
 
 Nothing here is a second implementation: listing is `job.inputs` (sources.py), reading by scheme and the
 offline policy `readers.Network`, decoding `pipeline.prepare`, batching `pipeline.stack`, the model
-`inference.Predictor` over `weights.build_model`, and records come from `pipeline.to_records`; the command
+`inference.Predictor` over `weights.build_model`, what is computed and the records the job's task (tasks.py);
+the command
 writes them, so formats, per-file stderr lines and exit codes are the local engine's.
 
 - Inputs are listed on the driver (folders, globs, stdin, URLs, s3:// and gs://: the local engine's rules,
@@ -40,8 +41,9 @@ from collections.abc import Iterator
 
 from .. import errors as E
 from ..errors import InputError, UsageError, first_line
-from ..job import RAY_HINT, Job, default_batch_size, topk_for
-from ..pipeline import Prepared, default_workers, prepare, stack, to_records
+from ..devices import default_batch_size
+from ..job import RAY_HINT, Job
+from ..pipeline import Prepared, default_workers, prepare, stack
 from ..records import Failure, Record
 from ..sources import Source
 
@@ -87,13 +89,14 @@ def decode_batch(batch, *, pre, fast_decode: bool, network):
 
 # ---- the model (Ray actors) ----
 
-class Classifier:
-    """Ray actor: builds the driver's model from its state dict once, then classifies batches of rows,
-    {index, pixels, error_type, error_message} -> {index, error_type, error_message, probs, indices}.
-    With `decode`, it takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
+class ModelActor:
+    """Ray actor: builds the driver's model from its state dict once, then runs the job's task (tasks.py) on
+    batches of rows, {index, pixels, error_type, error_message} -> {index, error_type, error_message, out0,
+    out1, ...}: the task's outputs, one fixed-size list column each (zeros for a failed row). With `decode`, it
+    takes the undecoded rows from_items makes and decodes them first (the CPU plan)."""
 
-    def __init__(self, state, *, arch, preprocess, device: str, dtype, topk: int, decode: bool = False,
-                 fast_decode: bool = False, network=None, restrict=None, embed: bool = False) -> None:
+    def __init__(self, state, *, arch, preprocess, device: str, dtype, task, decode: bool = False,
+                 fast_decode: bool = False, network=None) -> None:
         import ray
         import torch
 
@@ -107,11 +110,9 @@ class Classifier:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
         module = build_model(arch, state, "the driver's model")
-        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype, topk=topk,
-                                   restrict=restrict)
+        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype)
         self.preprocess = preprocess
-        self.topk = topk
-        self.embed = embed
+        self.task = task
         self.decode = decode
         self.fast_decode = fast_decode
         self.network = network
@@ -125,22 +126,17 @@ class Classifier:
         ok = batch.column("error_type").is_null().to_numpy(zero_copy_only=False)
         pixels = batch.column("pixels").filter(pa.array(ok)).to_pylist()
         batch = batch.drop_columns(["pixels"])
-        x = stack([Prepared("", p) for p in pixels], self.preprocess.crop) if pixels else None
-        if self.embed:  # the Predictor runs its one fixed shape, as in the local engine: the same bits
-            width = self.predictor.feature_dim
-            out = np.zeros((batch.num_rows, width), np.float32)
-            if x is not None:
-                out[ok] = self.predictor.embed(x).numpy()
-            return batch.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(out.ravel()), width))
-        probs = np.zeros((batch.num_rows, self.topk), np.float32)
-        indices = np.zeros((batch.num_rows, self.topk), np.int64)
-        if x is not None:
-            p, i = self.predictor(x)
-            probs[ok] = p.numpy()
-            indices[ok] = i.numpy()
-        k = self.topk
-        return (batch.append_column("probs", pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), k))
-                .append_column("indices", pa.FixedSizeListArray.from_arrays(pa.array(indices.ravel()), k)))
+        if not pixels:
+            return batch
+        # The Predictor runs its one fixed shape, as in the local engine: the same bits.
+        outputs = self.task.compute(self.predictor, stack([Prepared("", p) for p in pixels], self.preprocess.crop))
+        for j, values in enumerate(outputs):
+            column = np.zeros((batch.num_rows, *values.shape[1:]), values.dtype)
+            column[ok] = values
+            width = int(np.prod(values.shape[1:], dtype=np.int64))
+            batch = batch.append_column(f"out{j}", pa.FixedSizeListArray.from_arrays(pa.array(column.ravel()),
+                                                                                     width))
+        return batch
 
 
 # ---- the driver ----
@@ -179,17 +175,17 @@ def _plan(ray, job: Job) -> tuple[str, int]:
     driver's own hardware does not matter."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    kind = job.device.split(":")[0]
+    device, workers = job.options.device, job.options.workers
+    kind = device.split(":")[0]
     if kind == "cuda" or (kind == "auto" and gpus > 0):
-        if gpus == 0 and not job.workers:
-            raise UsageError(f"--device {job.device}: the Ray cluster has no GPUs (give --workers N to wait "
-                             "for N)")
-        return "cuda", job.workers or gpus
+        if gpus == 0 and not workers:
+            raise UsageError(f"--device {device}: the Ray cluster has no GPUs (give --workers N to wait for N)")
+        return "cuda", workers or gpus
     if kind == "mps":
-        return "mps", job.workers or 1  # one device per machine
+        return "mps", workers or 1  # one device per machine
     # One single-threaded actor per CPU, each decoding its own batches (module docstring): every CPU busy,
     # and no pixels cross between processes.
-    return "cpu", job.workers or max(1, int(resources.get("CPU", 1)))
+    return "cpu", workers or max(1, int(resources.get("CPU", 1)))
 
 
 def records(job: Job, stop: threading.Event) -> Iterator[Record]:
@@ -201,14 +197,15 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
 
     from ..inference import load_for
 
+    opts = job.options
     sources = list(job.inputs)
     if not sources:
         return
     # A Ray started here gets one CPU per model actor when the model runs on this machine's CPUs (--workers,
     # else every core); with a GPU, every core, for the decode tasks that feed it.
     cores = default_workers()
-    on_cpu = job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available())
-    started = _connect(ray, job.ray_address, (job.workers or cores) if on_cpu else cores)
+    on_cpu = opts.device == "cpu" or (opts.device == "auto" and not torch.cuda.is_available())
+    started = _connect(ray, opts.ray_address, (opts.workers or cores) if on_cpu else cores)
     ray_logger = logging.getLogger("ray.data")
     old_level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
@@ -219,16 +216,16 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
         actor_device, actors = _plan(ray, job)
         # CPU actors: the precision is checked on this CPU, as the cluster's are taken to be alike. GPUs: what
         # they run is theirs to say.
-        _, dtype, loaded = load_for(job, torch.device(actor_device), check_here=actor_device == "cpu")
-        batch_size = default_batch_size(job.batch_size, actor_device)
+        _, dtype, loaded, task = load_for(job, torch.device(actor_device), check_here=actor_device == "cpu")
+        batch_size = default_batch_size(opts.batch_size, actor_device)
         ctx = DataContext.get_current().copy()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False  # the command draws the progress bar, on a terminal only
         ctx.print_on_execution_start = False
         with DataContext.current(ctx):
-            ds = _dataset(ray, sources, loaded, job, actor_device=actor_device, actors=actors,
+            ds = _dataset(ray, sources, loaded, job, task, actor_device=actor_device, actors=actors,
                           batch_size=batch_size, dtype=dtype)
-            rows = _in_order(_rows(ds, sources, loaded, stop), sources, stop)
+            rows = _in_order(_rows(ds, sources, loaded, task, stop), sources, stop)
             yield from rows
     finally:
         if rows is not None:
@@ -238,8 +235,8 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
         ray_logger.setLevel(old_level)
 
 
-def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str, actors: int, batch_size: int,
-             dtype):
+def _dataset(ray, sources: list[Source], loaded, job: Job, task, *, actor_device: str, actors: int,
+             batch_size: int, dtype):
     from ray.data import ActorPoolStrategy
 
     items = [{"index": i, "path": _to_bytes(s.path),
@@ -250,21 +247,19 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, *, actor_device: str,
     gpu = actor_device == "cuda"
     if gpu:
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
-                            fn_kwargs={"pre": job.weights.preprocess, "fast_decode": job.fast_decode,
+                            fn_kwargs={"pre": job.weights.preprocess, "fast_decode": job.options.fast_decode,
                                        "network": job.network})
     return ds.map_batches(
-        Classifier, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
+        ModelActor, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=1 if gpu else None,
         fn_constructor_kwargs={
             "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
-            "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype,
-            "topk": topk_for(job.topk, len(loaded.labels)),
-            "decode": not gpu, "fast_decode": job.fast_decode, "network": job.network, "restrict": job.restrict,
-            "embed": job.embed,
+            "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "task": task,
+            "decode": not gpu, "fast_decode": job.options.fast_decode, "network": job.network,
         })
 
 
-def _batch_records(batch, sources: list[Source], loaded) -> list[tuple[int, Record]]:
+def _batch_records(batch, sources: list[Source], loaded, task) -> list[tuple[int, Record]]:
     """(index, record) for each row of one output batch."""
     index = batch.column("index").to_pylist()
     types = batch.column("error_type").to_pylist()
@@ -272,14 +267,11 @@ def _batch_records(batch, sources: list[Source], loaded) -> list[tuple[int, Reco
     prepared = [Prepared(sources[i].path, None, None if t is None else InputError(t, _from_bytes(m)))
                 for i, t, m in zip(index, types, messages)]
     ok = [r for r, t in enumerate(types) if t is None]
-    if "embedding" in batch.column_names:
-        vectors = _matrix(batch.column("embedding"), len(index)).astype("float32")
-        recs = to_records(prepared, vectors[ok], None, loaded.weights, loaded.labels)
-    else:
-        probs = _matrix(batch.column("probs"), len(index))
-        indices = _matrix(batch.column("indices"), len(index))
-        recs = to_records(prepared, probs[ok], indices[ok], loaded.weights, loaded.labels)
-    return list(zip(index, recs))
+    outputs = None
+    if ok:
+        outputs = tuple(_matrix(batch.column(f"out{j}"), len(index))[ok]
+                        for j in range(sum(name.startswith("out") for name in batch.column_names)))
+    return list(zip(index, task.records(prepared, outputs, loaded.weights, loaded.labels)))
 
 
 def _matrix(column, rows: int):
@@ -290,7 +282,7 @@ def _matrix(column, rows: int):
 _END = object()
 
 
-def _rows(ds, sources: list[Source], loaded, stop) -> Iterator[tuple[int, Record]]:
+def _rows(ds, sources: list[Source], loaded, task, stop) -> Iterator[tuple[int, Record]]:
     """(index, record) for each output row, in the order Ray delivers them; ends early once `stop` is set.
     Ray is read in a helper thread, so that a signal stops the output at once, even while actors start."""
     out: queue.Queue = queue.Queue(maxsize=4)
@@ -310,7 +302,7 @@ def _rows(ds, sources: list[Source], loaded, stop) -> Iterator[tuple[int, Record
         try:
             batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
             for batch in batches:
-                if not put(_batch_records(batch, sources, loaded)):
+                if not put(_batch_records(batch, sources, loaded, task)):
                     return
             put(_END)
         except BaseException as exc:  # handed to the driver's thread, raised there
