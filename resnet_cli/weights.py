@@ -192,7 +192,11 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         except pickle.UnpicklingError as exc:
             text = _clean(str(exc))
             found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f"the global {found.group(1)}" if found else text[:200]
+            detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", text)
+            detail = detail.group(1)[:200] if detail else first_line(exc)[:200]
+            if not found and detail.startswith("Unsupported operand"):  # not a pickle at all
+                raise UsageError(f"checkpoint {path}: not a readable PyTorch checkpoint ({detail})") from None
+            what = f"the global {found.group(1)}" if found else detail
             raise UsageError(f"checkpoint {path}: refused, it holds more than tensors ({what}) and loading it "
                              f"could run code; {RESAVE_HINT}") from None
         except Exception as exc:
