@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 import torch
 
 from checkpoints import PHOTOS, ROOT
+from test_weights import patched_url  # noqa: F401 - the fixture: a weights URL on this machine
 from resnet_cli import registry
 from resnet_cli.errors import UsageError
 
@@ -391,62 +391,52 @@ def test_every_registry_architecture_is_recognised_from_its_shapes():
 # --- 18.16: a weights outage has its own exit code ----------------------------------------------------------
 
 @pytest.fixture
-def patched_url(monkeypatch):
-    import copy
-    from importlib import resources
-
-    data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
-
-    def patch(url: str, sha_prefix: str) -> None:
-        d = copy.deepcopy(data)
-        w = d["architectures"]["resnet18"]["weights"]["IMAGENET1K_V1"]
-        w["url"], w["sha256_prefix"] = url, sha_prefix
-        monkeypatch.setattr(registry, "_data", lambda: d)
-        registry.architectures.cache_clear()
-
-    yield patch
-    registry.architectures.cache_clear()
-
-
-@pytest.mark.timeout(60)
-def test_an_unreachable_weights_server_exits_3_not_the_usage_code(patched_url, cli):
-    with socket.socket() as s:  # a port on this machine with nobody listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    patched_url(f"http://127.0.0.1:{port}/models/resnet18-f37072fd.pth", "f37072fd")
-    for args in ([PHOTOS[0], "-a", "resnet18"], ["download", "resnet18", "-q"]):
-        res = cli(*args)
-        assert res.code == 3, res.stderr
-        assert "downloading it failed" in res.stderr
-    # a typo is still a usage error, and offline without the file is the weights' absence, not a typo
-    assert cli(PHOTOS[0], "-a", "resnet18", "-w", "IMAGENET1K_V9").code == 2
-    assert cli(PHOTOS[0], "-a", "resnet18", "--offline").code == 3
-
-
-@pytest.mark.timeout(60)
-def test_a_hash_mismatch_prints_the_whole_hash_and_exits_3(patched_url, r18, cli):
+def weights_served(patched_url):
+    """weights_served(status, body, sha_prefix): resnet18's IMAGENET1K_V1 served from this machine."""
     import http.server
     import threading
 
-    body = r18.read_bytes()
+    answer: dict = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_response(answer["status"])
+            self.send_header("Content-Length", str(len(answer["body"])))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(answer["body"])
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        patched_url(f"http://127.0.0.1:{server.server_address[1]}/models/resnet18-0badc0de.pth", "0badc0de")
-        res = cli(PHOTOS[0], "-a", "resnet18", "-q")
-    finally:
-        server.shutdown()
-        server.server_close()
+
+    def serve(status: int, body: bytes, sha_prefix: str) -> None:
+        answer.update(status=status, body=body)
+        patched_url(f"http://127.0.0.1:{server.server_address[1]}/models/resnet18-{sha_prefix}.pth", sha_prefix)
+
+    yield serve
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_weights_download_exits_3_not_the_usage_code(weights_served, cli, labelled_dir):
+    weights_served(503, b"down for maintenance", "f37072fd")
+    for args in ([PHOTOS[0], "-a", "resnet18"], ["download", "resnet18", "-q"],
+                 ["evaluate", labelled_dir, "-a", "resnet18"]):
+        res = cli(*args)
+        assert res.code == 3, res.stderr
+        assert "downloading it failed: HTTP 503" in res.stderr
+    # a typo is still a usage error, and offline without the file is the weights' absence, not a typo
+    assert cli(PHOTOS[0], "-a", "resnet18", "-w", "IMAGENET1K_V9").code == 2
+    assert cli(PHOTOS[0], "-a", "resnet18", "--offline").code == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_hash_mismatch_prints_the_whole_hash_and_exits_3(weights_served, r18, cli):
+    body = r18.read_bytes()
+    weights_served(200, body, "0badc0de")
+    res = cli(PHOTOS[0], "-a", "resnet18", "-q")
     assert res.code == 3, res.stderr
     assert hashlib.sha256(body).hexdigest() in res.stderr and "0badc0de" in res.stderr
