@@ -385,10 +385,10 @@ class _ShapeUnpickler(pickle.Unpickler):
         # torch.save's new format: ("storage", storage type, key, location, number of elements)
         if isinstance(pid, tuple) and len(pid) == 5 and isinstance(pid[4], int):
             key, numel = str(pid[2]), pid[4]
-            held = self.sizes.get(key)
-            if numel < 0 or (held is not None and numel > held):
+            held = self.sizes.get(key, 0)  # a storage without its data member holds nothing
+            if numel < 0 or numel > held:
                 raise UsageError(f"checkpoint {self.path}: a storage claims {numel:,} elements where its data holds "
-                                 f"{held or 0:,} bytes")
+                                 f"{held:,} bytes")
             return _Storage(numel)
         return None
 
