@@ -24,7 +24,7 @@ import typer
 
 from . import __version__
 from .commands import COMMANDS
-from .errors import PROG, ExitCode, Interrupted, OutputClosed, UsageError
+from .errors import PROG, ExitCode, Interrupted, OutputClosed, UsageError, WeightsUnavailable
 
 COMMAND_NAMES = tuple(name for name, _, _ in COMMANDS)
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version", "--install-completion", "--show-completion")
@@ -98,7 +98,7 @@ def run(argv: list[str]) -> int:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
     except UsageError as exc:  # WeightsUnavailable included: its message spans a few lines on purpose
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        code = ExitCode.USAGE
+        code = ExitCode.WEIGHTS_UNAVAILABLE if isinstance(exc, WeightsUnavailable) else ExitCode.USAGE
     except OutputClosed:
         try:  # later flushes of stdout must not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -5,7 +5,9 @@ Two families:
   The CLI prints one line and exits 2.
 - `InputError`: one input cannot be classified (missing, truncated, not an image, ...). The pipeline turns it
   into a failure record in that input's place and goes on; the run exits 1 at the end.
-`WeightsUnavailable` is a usage error with a longer, multi-line explanation (what to fetch, where to put it).
+`WeightsUnavailable`: published weights that are neither cached nor downloadable (the network failed, the
+download's hash did not match, or the network is off). A longer, multi-line explanation (what to fetch, where to
+put it); the CLI exits 3, so that a script tells an outage from a typo.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     SOME_FAILED = 1
     USAGE = 2
+    WEIGHTS_UNAVAILABLE = 3  # published weights not cached and not downloadable: network, hash, offline
     INTERRUPTED = 130  # 128 + SIGINT
     BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (| head), as cat reports it
     TERMINATED = 143  # 128 + SIGTERM
@@ -34,7 +37,7 @@ class UsageError(ResnetCliError):
 
 
 class WeightsUnavailable(UsageError):
-    """Published weights are neither cached nor downloadable (offline, no network, bad hash)."""
+    """Published weights are neither cached nor downloadable (offline, no network, bad hash); exit code 3."""
 
 
 class OutputClosed(ResnetCliError):

@@ -336,7 +336,8 @@ def download(url: str, dest: Path, *, sha256_prefix: str | None, timeout: float 
         if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
             raise NetworkError(
                 E.DOWNLOAD_FAILED,
-                f"hash mismatch: sha256 {digest.hexdigest()[:16]}... does not start with {sha256_prefix}",
+                f"hash mismatch: expected a sha256 beginning {sha256_prefix} (the whole of what the file's name "
+                f"gives), got sha256 {digest.hexdigest()}",
             )
         os.replace(tmp, dest)
     finally:

@@ -371,7 +371,7 @@ def test_throughput_leaves_out_loading_and_the_warm_up_batch(small_data, checkpo
         skew[0] += 1000.0
         return load_for(*args, **kwargs)
 
-    call = inference.Predictor.__call__
+    call = inference.Predictor.classify
     calls = []
 
     def slow_first_batch(self, *args, **kwargs):
@@ -381,7 +381,7 @@ def test_throughput_leaves_out_loading_and_the_warm_up_batch(small_data, checkpo
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(inference, "load_for", slow_load)
-    monkeypatch.setattr(inference.Predictor, "__call__", slow_first_batch)
+    monkeypatch.setattr(inference.Predictor, "classify", slow_first_batch)
     _copies(small_data / "tabby", PHOTOS[0], 3)
     res = cli("evaluate", small_data, "-a", "resnet18,resnet18", "-w", f"{checkpoint('resnet18')}", "-b", "1",
               "-f", "json", "--workers", "1")

@@ -76,11 +76,17 @@ def test_a_checkpoint_whose_unpickling_would_run_code_is_refused_and_never_runs(
     assert res.stdout == ""
 
 
-def test_a_checkpoint_for_another_architecture_names_the_first_mismatching_key(r18, cli):
+def test_a_checkpoint_for_another_architecture_names_the_first_mismatching_key(r18, cli, tmp_path):
     res = cli(PHOTOS[0], "-a", "resnet34", "-w", r18)
     assert res.code == 2
-    assert "does not fit resnet34" in res.stderr and "'layer1.2.conv1.weight'" in res.stderr
-    res = cli(PHOTOS[0], "-a", "resnet50", "-w", r18)
+    assert "does not fit resnet34" in res.stderr and "--arch resnet18" in res.stderr
+    # shapes that fit no known architecture: the first key that differs is named
+    sd = torch.load(r18, weights_only=True)
+    odd = tmp_path / "odd.pth"
+    torch.save({k: v for k, v in sd.items() if not k.startswith("layer4.1.")}, odd)
+    res = cli(PHOTOS[0], "-a", "resnet18", "-w", odd)
+    assert res.code == 2 and "does not fit resnet18: missing key 'layer4.1.conv1.weight'" in res.stderr
+    res = cli(PHOTOS[0], "-a", "resnet50", "-w", odd)
     assert res.code == 2 and "'layer1.0.conv1.weight' has shape (64, 64, 3, 3)" in res.stderr
 
 
@@ -119,7 +125,7 @@ def test_offline_without_the_file_fails_fast_and_says_what_to_do(how, cli, monke
     t0 = time.monotonic()
     res = cli(PHOTOS[0], "--arch", "resnet50", *(["--offline"] if how == "flag" else []))
     assert time.monotonic() - t0 < 10
-    assert res.code == 2 and res.stdout == b""
+    assert res.code == 3 and res.stdout == b""  # weights unavailable, not a usage error
     spec = registry.get_arch("resnet50").default_weights
     for needed in (spec.file_name, str(cache_dir()), spec.url, "--weights PATH"):
         assert needed in res.stderr
@@ -156,7 +162,7 @@ def test_no_network_fails_within_seconds_with_the_offline_message(patched_url, c
     t0 = time.monotonic()
     res = cli(PHOTOS[0], "-a", "resnet18")
     assert time.monotonic() - t0 < 10
-    assert res.code == 2
+    assert res.code == 3
     assert "downloading it failed" in res.stderr and "curl -L -o" in res.stderr and "--weights PATH" in res.stderr
     assert not cache_dir().exists() or not any(cache_dir().iterdir())
 
@@ -207,7 +213,7 @@ def test_a_download_with_the_wrong_hash_is_rejected_and_leaves_nothing(weights_s
     served["/models/resnet18-00000000.pth"] = r18.read_bytes()
     patched_url(f"{base}/models/resnet18-00000000.pth", "00000000")
     res = cli(PHOTOS[0], "-a", "resnet18", "-q")
-    assert res.code == 2 and "hash mismatch" in res.stderr
+    assert res.code == 3 and "hash mismatch" in res.stderr
     assert list(cache_dir().iterdir()) == []  # no file, no temporary left behind
 
 
