@@ -54,6 +54,10 @@ class _Bad(ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
+class _Other(Exception):
+    """A valid record of a run with other options or another model."""
+
+
 @dataclass(frozen=True)
 class Expected:
     """What every success this run writes holds: checked against each record --resume would keep."""
@@ -115,16 +119,14 @@ def _parse(d) -> Record:
 
 
 def _check(rec: Success, want: Expected) -> None:
-    """Does this kept success belong in this run's file? Raises UsageError (another run) or _Bad (not a
-    valid record)."""
+    """Does this kept success belong in this run's file? Raises _Other (another run's) or _Bad (not a valid
+    record)."""
     if (rec.arch, rec.weights) != (want.arch, want.weights):
-        raise UsageError(
-            f"--resume: the file holds results of {rec.arch} with {rec.weights}; this run uses {want.arch} with "
-            f"{want.weights}. Resume with the same --arch and --weights, or write to another file.")
+        raise _Other(f"it holds results of {rec.arch} with {rec.weights}; this run uses {want.arch} with "
+                     f"{want.weights}: resume with the same --arch and --weights")
     if (rec.resize, rec.crop) != (want.resize, want.crop) or len(rec.topk) != want.topk:
-        raise UsageError(
-            f"--resume: the file holds results at resize {rec.resize}, crop {rec.crop}, top-{len(rec.topk)}; this "
-            f"run uses resize {want.resize}, crop {want.crop}, top-{want.topk}. Resume with the same options.")
+        raise _Other(f"it holds results at resize {rec.resize}, crop {rec.crop}, top-{len(rec.topk)}; this run "
+                     f"uses resize {want.resize}, crop {want.crop}, top-{want.topk}: resume with the same options")
     last, seen = 1.0, set()
     for n, p in enumerate(rec.topk, 1):
         field = f"topk[{n}]"
@@ -135,9 +137,8 @@ def _check(rec: Success, want: Expected) -> None:
                        "or is repeated")
         seen.add(p.index)
         if p.label != want.labels[p.index]:
-            raise UsageError(
-                f"--resume: the file labels class {p.index} {p.label!r}; this run's model calls it "
-                f"{want.labels[p.index]!r}. Resume with the same model and --labels, or write to another file.")
+            raise _Other(f"it labels class {p.index} {p.label!r}; this run's model calls it "
+                         f"{want.labels[p.index]!r}: resume with the same model and --labels")
         if not (math.isfinite(p.probability) and 0.0 <= p.probability <= last):
             raise _Bad(f"{field}.probability", f"{p.probability!r} is not a probability in [0, 1] below the "
                        "one ranked before it")
@@ -145,6 +146,8 @@ def _check(rec: Success, want: Expected) -> None:
 
 
 def _not_ours(path: str, fmt: Format, where: str, exc: Exception) -> UsageError:
+    if isinstance(exc, _Other):
+        return UsageError(f"--resume: {path}, {where}: {exc}, or write to another file; {_LEFT}")
     return UsageError(f"--resume: {where} of {path} is not a {fmt.value} record this tool wrote ({exc}); {_LEFT} "
                       "(is it the right file?)")
 
@@ -204,7 +207,7 @@ def _read_jsonl(data: bytes, path: str, want: Expected) -> list[Record]:
                              "the right file?)") from None
         try:
             out.append(_checked(d, want))
-        except _Bad as exc:
+        except (_Bad, _Other) as exc:
             raise _not_ours(path, Format.jsonl, f"line {number}", exc) from None
     return out
 
@@ -222,7 +225,7 @@ def _read_json(data: bytes, path: str, want: Expected) -> list[Record]:
     for n, d in enumerate(items, 1):
         try:
             out.append(_checked(d, want))
-        except _Bad as exc:
+        except (_Bad, _Other) as exc:
             raise _not_ours(path, Format.json, f"record {n}", exc) from None
     return out
 
@@ -283,7 +286,7 @@ def _read_csv(data: bytes, path: str, want: Expected) -> list[Record]:
             rec = _checked(_csv_record(group), want)
             if _csv_rows(rec) != group:
                 raise _Bad("", "its rows differ from the ones this tool writes for it")
-        except _Bad as exc:
+        except (_Bad, _Other) as exc:
             raise _not_ours(path, Format.csv, f"row {n}", exc) from None
         out.append(rec)
     return out
