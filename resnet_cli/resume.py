@@ -14,8 +14,8 @@ byte for byte, or the resume is refused (a usage error) and the file is left exa
 - The weights are checked by what they compute, not by their name: the first input that has a kept success
   is classified again, and its new record must equal the kept one byte for byte. A checkpoint replaced at the
   same path, another precision or device, or a changed image is refused there (the file is only replaced
-  once the run completes). A resumed run stopped before that check leaves the file as it was, and a file none
-  of whose successes is an input of this run is refused (nothing in it can be checked).
+  after that check has passed: a resumed run stopped before it leaves the file as it was). A file none of
+  whose successes is an input of this run is refused (nothing in it can be checked).
 
 Only one thing is ever repaired: a torn last JSON line (a hard kill mid-write) that follows at least one valid
 record of this tool; that input is classified again. Failures are classified again too. The resumed output is
