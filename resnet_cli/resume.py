@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from .console import printable
 from .errors import UsageError
 from .job import topk_for
-from .records import Failure, Record, Success, from_dict
+from .records import Record, Success, from_dict
 from .writers import CSV_COLUMNS, CsvWriter, Format, dumps
 
 _LEFT = "the file is left as it is"

@@ -13,11 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from checkpoints import PHOTOS, ROOT
+from checkpoints import PHOTOS
 
 
 @pytest.fixture(scope="module")
@@ -299,8 +300,12 @@ def test_resume_refuses_what_is_not_a_regular_file_without_reading_it(small, tmp
 
 
 @pytest.mark.timeout(60)
-def test_resume_into_dev_stdout_piped_is_refused_at_once(small, r18):
+def test_resume_into_dev_stdout_piped_is_refused_at_once(small, r18, tmp_path):
+    import resnet_cli
+
+    env = {**os.environ, "PYTHONPATH": str(Path(resnet_cli.__file__).parent.parent)}  # the package under test
     proc = subprocess.run([sys.executable, "-m", "resnet_cli", str(small / "a.jpg"), *r18, "-o", "/dev/stdout",
-                           "--resume"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=50)
+                           "--resume"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=50)
     assert proc.returncode == 2 and b"not a regular file" in proc.stderr, proc.stderr
     assert proc.stdout == b""
