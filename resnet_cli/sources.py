@@ -18,7 +18,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -216,18 +216,19 @@ class Listing:
     listing is complete (None before, and for stdin until it ends), for the progress bar: nothing is listed
     twice.
 
-    Sources in `skip` (the paths `--resume` keeps) are not yielded, but their place is: `order` receives, in
-    input order, the path of each skipped input and None for each yielded one, so that the kept records can
-    be written back where they belong (`resume.in_input_order`).
+    With `resume` (--resume's `Resume.claim`), each source's path is put to it, in input order, and what it
+    answers goes into `order`: None (the source is yielded), the path (skipped: a kept record takes its
+    place) or another mark (yielded, the mark passed on), so that the kept records can be written back where
+    they belong (`Resume.in_input_order`).
 
     Iterating yields the sources in order; an error listing raised no record for is raised in the consumer."""
 
     def __init__(self, args: Iterable[str], *, recursive: bool = False, null_separated: bool = False,
-                 network: Network = Network(), skip: frozenset[str] | set[str] = frozenset(),
+                 network: Network = Network(), resume: Callable[[str], object] | None = None,
                  stdin: BinaryIO | None = None) -> None:
         self._sources = expand(args, recursive=recursive, null_separated=null_separated, network=network,
                                stdin=stdin)
-        self.skip = skip  # may be set until listing starts
+        self.resume = resume  # may be set until listing starts
         self.order: queue.SimpleQueue = queue.SimpleQueue()
         self._queue: queue.Queue = queue.Queue(maxsize=LOOKAHEAD)
         self._closed = threading.Event()
@@ -262,17 +263,16 @@ class Listing:
         return False
 
     def _list(self) -> None:
-        resuming = bool(self.skip)
         try:
             for src in self._sources:
                 if self._closed.is_set():
                     return
                 self.listed += 1
-                if src.path in self.skip:
-                    self.order.put(src.path)
-                    continue
-                if resuming:
-                    self.order.put(None)  # before the source: its record never arrives before its place
+                if self.resume is not None:
+                    mark = self.resume(src.path)
+                    self.order.put(mark)  # before the source: its record never arrives before its place
+                    if isinstance(mark, str):
+                        continue
                 if not self._put(src):
                     return
             self.total = self.listed

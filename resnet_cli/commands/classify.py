@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, BinaryIO, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO, Callable, Optional, TextIO
 
 import typer
 
@@ -26,6 +26,9 @@ from ..records import Record
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
 from ..writers import Format, format_for_output, open_writer
+
+if TYPE_CHECKING:
+    from ..resume import Resume
 
 FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", case_sensitive=False, show_default=False,
@@ -77,12 +80,13 @@ def command(
                          quiet=quiet)
     job = build_job(inputs, Classify(topk, tta=tta), model, options, listing=InputOptions(recursive, null),
                     view_size=REPORT_VIEW if report else None)
-    previous = []
+    previous = None
     if resume:
-        from ..resume import previous_successes
+        from .. import resume as resuming
 
-        previous = previous_successes(output, fmt, job.weights, topk)
-        job.inputs.skip = frozenset(r.path for r in previous)
+        previous = resuming.load(output, fmt, job)
+        if previous is not None:
+            job.inputs.resume = previous.claim
     raise typer.Exit(run(job, fmt, output, previous, report=report))
 
 
@@ -119,19 +123,20 @@ def check_writable(output: str, option: str = "--output") -> None:
         raise UsageError(f"{option} {output}: cannot create files in {folder}")
 
 
-def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), *, stdout: BinaryIO | None = None,
+def run(job: Job, fmt: Format, output: str | None, previous: Resume | None = None, *, stdout: BinaryIO | None = None,
         stderr: TextIO | None = None, report: str | None = None, each: Callable[[Record], Record] | None = None,
         description: str = "classifying", title: str = "resnet-classify classify") -> int:
-    """Classify the job's inputs and write the records (with `previous`, the records --resume keeps, each in
+    """Classify the job's inputs and write the records (with `previous`, what --resume keeps, each record in
     its place); returns the exit code. The output is opened only once the engine has its first record (a usage
     error while the model loads leaves an earlier --output as it was), and finished (renamed into place) even
-    when the run is interrupted; an unexpected error leaves an earlier file untouched. `report`: also an HTML
+    when the run is interrupted, unless it resumes and was stopped before the kept records were confirmed
+    (resume.Resume); an unexpected error leaves an earlier file untouched. `report`: also an HTML
     page (report.py), finished like the output. `each`: what a command does to each record before it is
     written (explain writes the overlay); `description` names the work on the progress bar, `title` the
     report."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr
-    reorder = _in_place(job, previous) if previous else None
+    reorder = None if previous is None else (lambda records: previous.in_input_order(records, job.inputs))
 
     color = isatty(stdout) if fmt is Format.table and not output else False
     # A bar when results go elsewhere: results printed on the same terminal show the progress themselves, and a
@@ -152,16 +157,16 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
                 if each is not None:
                     rec = each(rec)
                 if writer is None:
-                    writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous),
+                    writer = open_writer(fmt, output, stdout=stdout, color=color, replace=previous is not None,
                                          explain=explain)
                 writer.write(rec)
                 if page is not None:
                     page.add(rec)
                 failed += not rec.ok
             if writer is None:
-                writer = open_writer(fmt, output, stdout=stdout, color=color, replace=bool(previous),
+                writer = open_writer(fmt, output, stdout=stdout, color=color, replace=previous is not None,
                                      explain=explain)
-            ok = True
+            ok = previous is None or previous.confirmed
         finally:
             if writer is not None:
                 writer.close(ok=ok)
@@ -170,16 +175,13 @@ def run(job: Job, fmt: Format, output: str | None, previous: list[Record] = (), 
         code = stream.exit_code(failed)
     if writer.count == 0 and fmt is Format.table and not job.options.quiet:
         eprint("no images to classify", stderr)
-    if stream.interrupted:  # even with --quiet: the user must learn how to continue
+    if stream.interrupted and not ok:  # even with --quiet
+        eprint(f"interrupted before a kept result could be checked against this run: {output} is left as it was",
+               stderr)
+    elif stream.interrupted:  # even with --quiet: the user must learn how to continue
         where = f" to {output}" if output else ""
         if output and not explain:
             where += "; add --resume to the same command to continue"
         eprint(f"interrupted: {writer.count} record{'s' if writer.count != 1 else ''} written{where}", stderr)
     return code
 
-
-def _in_place(job: Job, previous: list[Record]):
-    """The engine's records with the ones --resume keeps back in their places (resume.in_input_order)."""
-    from ..resume import in_input_order
-
-    return lambda records: in_input_order(records, job.inputs, previous)
