@@ -21,8 +21,8 @@ import typer
 from ..console import eprint, isatty, print_data, progress_bar
 from ..errors import UsageError
 from ..job import Precision, make_job
-from ..options import (ArchOpt, BatchSizeOpt, DeviceOpt, FastDecodeOpt, OfflineOpt, PrecisionOpt, QuietOpt, Report,
-                       WeightsOpt, WorkersOpt)
+from ..options import (ArchOpt, BatchSizeOpt, FastDecodeOpt, LocalDeviceOpt, LocalWorkersOpt, OfflineOpt, PrecisionOpt,
+                       QuietOpt, Report, WeightsOpt)
 from .stream import RecordStream
 
 
@@ -48,10 +48,10 @@ def command(
     format: Annotated[Optional[Report], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="The report: default a table on a terminal, else json.")] = None,
-    device: DeviceOpt = "auto",
+    device: LocalDeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = None,
-    workers: WorkersOpt = None,
+    workers: LocalWorkersOpt = None,
     fast_decode: FastDecodeOpt = False,
     offline: OfflineOpt = False,
     quiet: QuietOpt = False,
