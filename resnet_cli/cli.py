@@ -240,7 +240,8 @@ def run(argv: list[str]) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
     except UsageError as exc:  # WeightsUnavailable included: its message spans a few lines on purpose
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        text = "\n".join(map(printable, str(exc).split("\n")))  # a label or a path in it: no escape sequence
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         code = ExitCode.USAGE
     except BrokenPipeError:  # help or version into a closed pipe
         code = _output_closed()

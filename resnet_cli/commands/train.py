@@ -224,8 +224,11 @@ def _print(report: dict, fmt: Report) -> None:
     def render(console) -> None:
         from rich.markup import escape
 
-        console.print(f"[bold]{escape(report['model'])}[/]: {report['arch']} on {escape(report['base_weights'])}, "
-                      f"{len(report['classes'])} classes ({escape(', '.join(report['classes']))})", soft_wrap=True)
+        from ..console import printable
+
+        console.print(f"[bold]{escape(printable(report['model']))}[/]: {report['arch']} on "
+                      f"{escape(printable(report['base_weights']))}, {len(report['classes'])} classes "
+                      f"({escape(printable(', '.join(report['classes'])))})", soft_wrap=True)
         console.print(f"train {report['train']['images']} images, accuracy {pct(report['train']['accuracy'])}; "
                       f"validation {report['val']['images']} images, accuracy {pct(report['val']['accuracy'])}; "
                       f"C = {report['C']:g}")
