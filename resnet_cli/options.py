@@ -61,7 +61,7 @@ LabelsOpt = Annotated[Optional[str], typer.Option(
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", case_sensitive=False,
     help="fp32 (exact), bf16 (CPUs with AVX-512 BF16 or AMX, GPUs) or fp16 (GPUs). bf16 and fp16 are "
-    "approximate: faster, but a close top-1 can change and probabilities move by up to a few hundredths "
+    "approximate: faster, but probabilities move (typically by a few hundredths) and a close top-1 can change "
     "(docs/benchmarks.md).")]
 FastDecodeOpt = Annotated[bool, typer.Option(
     "--fast-decode", help="Let JPEGs decode at reduced scale (at least twice the resize target) before the exact "
