@@ -39,7 +39,8 @@ TOP_LEVEL_OPTIONS = ("-h", "--help", "--version", "--install-completion", "--sho
 app = typer.Typer(
     name=PROG,
     help="Classify images with the ResNet family (ResNet, ResNeXt, Wide ResNet) and torchvision's ImageNet "
-    "weights.\n\nThe default command is classify: `resnet-classify photo.jpg` = `resnet-classify classify photo.jpg`.",
+    "weights.\n\nThe default command is classify: `resnet-classify photo.jpg` = `resnet-classify classify photo.jpg`. "
+    "`resnet-classify help COMMAND` shows a command's options.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     pretty_exceptions_enable=False,
