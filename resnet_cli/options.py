@@ -43,9 +43,12 @@ OutputOpt = Annotated[Optional[str], typer.Option(
     help="Write results to FILE instead of stdout (json and csv appear atomically).")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (with --engine ray: the cluster's).")]
+# The commands without --engine (explain, similar, train) say only what they do.
+LocalDeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", min=1, metavar="N", show_default=False,
-    help="Images per forward pass. Default: 8 on CPU, 64 on GPU.")]
+    help="Images gathered before they go to the network, and written, together (memory and latency, never the "
+    "answers: the network always runs chunks of 8 images on a CPU, 64 on a GPU). Default: 8 on CPU, 64 on GPU.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
 NullOpt = Annotated[bool, typer.Option(
     "--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).")]
@@ -58,7 +61,9 @@ LabelsOpt = Annotated[Optional[str], typer.Option(
     help="Class names for a custom checkpoint, one a line. Default: ImageNet's for 1000 classes, else class_N.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", case_sensitive=False,
-    help="fp32 (exact), bf16 (CPUs with AVX-512 BF16 or AMX, GPUs) or fp16 (GPUs).")]
+    help="fp32 (exact), bf16 (CPUs with AVX-512 BF16 or AMX, GPUs) or fp16 (GPUs). bf16 and fp16 are "
+    "approximate: faster, but probabilities move (typically by a few hundredths) and a close top-1 can change "
+    "(docs/benchmarks.md).")]
 FastDecodeOpt = Annotated[bool, typer.Option(
     "--fast-decode", help="Let JPEGs decode at reduced scale (at least twice the resize target) before the exact "
     "resize: much faster on large photos, near-identical results.")]
@@ -75,6 +80,8 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
 TtaOpt = Annotated[bool, typer.Option(
     "--tta", help="Test-time augmentation: average the probabilities of each image and its mirror image (twice "
     "the compute).")]
+LocalWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, metavar="N", show_default=False, help="Decode threads (default: one per core).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no per-file error lines on stderr.")]
 EngineOpt = Annotated[Engine, typer.Option(
     "--engine", case_sensitive=False,

@@ -39,6 +39,12 @@ QUALITY = 75  # JPEG quality of thumbnails
 SECTION = 48  # cards per section: the unit the browser lays out, paints or skips (see "Big runs" above)
 
 
+def _shown(text: str) -> str:
+    """Text from the model or the user (a label, a path) as HTML: control and bidi-control characters escaped
+    (printable), and isolated in <bdi>, so right-to-left text stays inside its box and never reorders the page."""
+    return f"<bdi>{html.escape(printable(text))}</bdi>"
+
+
 def _thumbnail(image) -> str:
     """A data URL of a JPEG at most THUMB px on its longer side."""
     from PIL import Image
@@ -117,24 +123,24 @@ class HtmlReport:
                 correct = first.label == true_label
                 attrs.append(f'data-correct="{str(correct).lower()}"')
                 cls += " right" if correct else " wrong"
-                body.append(f'<p class="truth">true: <b>{html.escape(true_label)}</b></p>')
+                body.append(f'<p class="truth">true: <b>{_shown(true_label)}</b></p>')
             explanation = record.explanation
             if explanation is not None and explanation.picture is not None:
                 pictures.append(f'<img src="{_thumbnail(explanation.picture)}" alt="{_attr(explanation.method)} '
-                                f'of {_attr(explanation.label)}" loading="lazy" decoding="async">')
+                                f'of {_attr(printable(explanation.label))}" loading="lazy" decoding="async">')
             rows = "".join(
-                f'<li><span class="l">{html.escape(p.label)}</span><span class="bar"><i style="width:'
+                f'<li><span class="l">{_shown(p.label)}</span><span class="bar"><i style="width:'
                 f'{100 * p.probability:.1f}%"></i></span><span class="p">{_pct(p.probability)}</span></li>'
                 for p in record.topk)
             body.append(f'<ol class="topk">{rows}</ol>')
             if explanation is not None:
                 body.append(f'<p class="why">{html.escape(explanation.method)} at {html.escape(explanation.layer)} '
-                            f'of <b>{html.escape(explanation.label)}</b></p>')
+                            f'of <b>{_shown(explanation.label)}</b></p>')
         pics = f'<div class="pics n{len(pictures)}">{"".join(pictures)}</div>'
         if (self.count - 1) % SECTION == 0:
             self._spool.write("</section>\n<section>\n" if self.count > 1 else "<section>\n")
         self._spool.write(f'<article class="{cls}" {" ".join(attrs)}>{pics}<p class="path" title="{_attr(shown)}">'
-                          f'<bdi>{html.escape(shown)}</bdi></p>{"".join(body)}</article>\n')
+                          f'{_shown(record.path)}</p>{"".join(body)}</article>\n')
 
     def close(self, ok: bool = True, *, summary: str = "") -> None:
         self._spool.close()
@@ -144,7 +150,7 @@ class HtmlReport:
                 try:
                     out = io.TextIOWrapper(atomic.file, encoding="utf-8", newline="\n")
                     out.write(_HEAD.replace("{title}", html.escape(self.title)))
-                    out.write(f'<header><h1>{html.escape(self.title)}</h1><p class="sub">{html.escape(self.subtitle)}'
+                    out.write(f'<header><h1>{html.escape(self.title)}</h1><p class="sub">{_shown(self.subtitle)}'
                               f'</p><p class="sub">{self.count} input{"s" if self.count != 1 else ""}, '
                               f'{self.failed} failed</p></header>\n')
                     out.write(summary)
@@ -182,7 +188,7 @@ def evaluation_summary(result: dict, ids: dict[str, str]) -> str:
     shown = (f"the {len(keep)} most confused of {len(labels)} classes" if dropped else f"{len(keep)} classes")
     parts.append(f'<h2>Confusion matrix</h2><p class="sub">rows: true class (images); columns: predicted; '
                  f'{shown}; colour: the share of the row</p><div class="scroll"><table class="confusion">'
-                 '<tr><th></th>' + "".join(f'<th class="col"><span>{html.escape(labels[j])}</span></th>'
+                 '<tr><th></th>' + "".join(f'<th class="col"><span>{_shown(labels[j])}</span></th>'
                                            for j in keep) + '<th class="col"><span>other</span></th></tr>')
     for i, row in zip(keep, grid):
         support = sum(row)
@@ -192,16 +198,16 @@ def evaluation_summary(result: dict, ids: dict[str, str]) -> str:
             kind = "d" if j == i else "o"
             style = f' style="--s:{share:.3f}"' if count else ""
             cells.append(f'<td class="{kind}"{style} title="{share:.1%}">{count or ""}</td>')
-        parts.append(f'<tr><th>{html.escape(labels[i])} ({support})</th>{"".join(cells)}</tr>')
+        parts.append(f'<tr><th>{_shown(labels[i])} ({support})</th>{"".join(cells)}</tr>')
     parts.append("</table></div>")
     missed = result["misclassified"]
     parts.append(f'<h2>Misclassified ({len(missed)})</h2><div class="gallery">')
     for m in missed:
         ref = ids.get(m["path"], "")
         parts.append(f'<figure data-ref="{ref}" data-path="{_attr(printable(m["path"]))}"><img alt="" '
-                     f'loading="lazy"><figcaption><span class="t">{html.escape(m["label"])}</span> → '
-                     f'<span class="w">{html.escape(m["predicted"])}</span> {_pct(m["probability"])}'
-                     f'<br><small>{html.escape(printable(m["path"]))}</small></figcaption></figure>')
+                     f'loading="lazy"><figcaption><span class="t">{_shown(m["label"])}</span> → '
+                     f'<span class="w">{_shown(m["predicted"])}</span> {_pct(m["probability"])}'
+                     f'<br><small>{_shown(m["path"])}</small></figcaption></figure>')
     parts.append("</div></section>\n")
     return "".join(parts)
 

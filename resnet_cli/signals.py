@@ -23,13 +23,16 @@ class StopSignals:
     def __init__(self) -> None:
         self.event = threading.Event()  # what engines watch
         self.signum: int | None = None
+        # How the first signal's line is said: straight to stderr's file descriptor by default; a live progress
+        # bar replaces it (commands/stream.py) so that the line goes above the bar, not onto it.
+        self.say = _say
 
     def handler(self, signum, frame) -> None:
         if self.event.is_set():
             raise Interrupted(self.signum or signum)
         self.signum = signum
         self.event.set()
-        _say(STOPPING)
+        self.say(STOPPING)
 
     @contextmanager
     def installed(self) -> Iterator["StopSignals"]:

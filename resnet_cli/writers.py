@@ -175,7 +175,8 @@ class TableWriter(Writer):
 
         name = escape(printable(record.path))
         if isinstance(record, Failure):
-            self.console.print(f"[bold]{name}[/]  [red]✗ {record.type}:[/] {escape(record.message)}", soft_wrap=True)
+            self.console.print(f"[bold]{name}[/]  [red]✗ {record.type}:[/] {escape(printable(record.message))}",
+                               soft_wrap=True)
             return
         table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
         table.add_column(justify="right", style="dim")
@@ -185,15 +186,16 @@ class TableWriter(Writer):
         for p in record.topk:
             bar = "█" * max(1, round(p.probability * 20)) if p.probability >= 0.025 else ""
             style = "bold" if p.rank == 1 else ""
-            table.add_row(str(p.rank), f"[{style}]{escape(p.label)}[/]" if style else escape(p.label),
+            label = escape(printable(p.label))  # a model's or --labels' text: no escape sequence reaches a terminal
+            table.add_row(str(p.rank), f"[{style}]{label}[/]" if style else label,
                           f"{p.probability:7.2%}", f"[cyan]{bar}[/]")
-        self.console.print(f"[bold]{name}[/]  [dim]{escape(record.weights)}, "
+        self.console.print(f"[bold]{name}[/]  [dim]{escape(printable(record.weights))}, "
                            f"resize {record.resize}, crop {record.crop}[/]", soft_wrap=True)
         self.console.print(table)
         e = record.explanation
         if e is not None:
             where = f" → {escape(printable(e.overlay))}" if e.overlay else ""
-            self.console.print(f"  [dim]{e.method} at {e.layer} of[/] {escape(e.label)} "
+            self.console.print(f"  [dim]{e.method} at {e.layer} of[/] {escape(printable(e.label))} "
                                f"({e.probability:.2%}){where}", soft_wrap=True)
 
     def close(self, ok: bool = True) -> None:

@@ -59,13 +59,13 @@ def test_default_command_is_classify_and_a_file_named_like_a_command_is_reachabl
 
 @pytest.mark.parametrize("argv, message", [
     (["-a", "resnet5O"], "did you mean resnet50"),
-    (["-a", "resnet18", "-k", "0"], "Invalid value for '--topk'"),
+    (["-a", "resnet18", "-k", "0"], "--topk 0: must be at least 1"),
     (["-k", "1001"], "more than the model's 1000 classes"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
     (["--device", "tpu"], "unknown device"),
-    (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--resume"], "--resume needs --output"),
-    (["--crop", "0"], "Invalid value for '--crop'"),
+    (["--crop", "0"], "--crop 0: must be at least 1"),
 ])
 def test_usage_errors_exit_2_with_a_clear_message(argv, message, r18, cli):
     args = list(r18) if "-a" not in argv else ["-w", r18[3]]
@@ -256,9 +256,9 @@ def test_fast_decode_keeps_the_answer_on_a_large_photo(tmp_path, checkpoint, cli
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--format", "xml"], "Invalid value"),
-    (["--bogus"], "No such option"),
-    (["-k", "abc"], "Invalid value"),
+    (["--format", "xml"], "--format xml: use table, json, jsonl or csv"),
+    (["--bogus"], "classify has no option --bogus"),
+    (["-k", "abc"], "--topk abc: not a whole number"),
 ])
 def test_bad_options_are_usage_errors_not_tracebacks(argv, message, r18, cli):
     res = cli(PHOTOS[0], *r18, *argv)

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import eprint, isatty, print_data
+from ..console import eprint, isatty, print_data, printable
 from ..errors import UsageError
 from ..devices import Precision
 from ..job import Engine, ModelOptions, RunOptions, make_job
@@ -317,7 +317,7 @@ def _report(r: dict, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{escape(r['arch'])}[/]  [dim]{escape(r['weights'])}[/]")
+    console.print(f"[bold]{escape(r['arch'])}[/]  [dim]{escape(printable(r['weights']))}[/]")
     console.print(f"{r['images']} images: {r['evaluated']} evaluated, {r['failed']} failed"
                   + (f", {r['images_per_second']} images/s" if r["images_per_second"] else ""))
     console.print(f"acc@1 [bold]{_pct(r['top1'])}[/] {_ci(r['top1_ci'])}   acc@5 [bold]{_pct(r['top5'])}[/] "
@@ -331,7 +331,7 @@ def _report(r: dict, console) -> None:
                          ("recall", "right"), ("F1", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for c in r["classes"]:
-        table.add_row(escape(c["label"]), str(c["index"]), str(c["support"]), f"{c['precision']:.3f}",
+        table.add_row(escape(printable(c["label"])), str(c["index"]), str(c["support"]), f"{c['precision']:.3f}",
                       f"{c['recall']:.3f}", f"{c['f1']:.3f}")
     console.print()
     console.print(table)
@@ -339,10 +339,12 @@ def _report(r: dict, console) -> None:
         console.print()
         console.print(f"[bold]misclassified[/] ({len(r['misclassified'])}; all of them with --format json)")
         for m in r["misclassified"][:10]:
-            console.print(f"  {escape(m['path'])}: {escape(m['label'])} → {escape(m['predicted'])} "
+            console.print(f"  {escape(printable(m['path']))}: {escape(printable(m['label']))} → "
+                          f"{escape(printable(m['predicted']))} "
                           f"({_pct(m['probability'])})", soft_wrap=True)
     for f in r["failures"]:
-        console.print(f"  [red]✗[/] {escape(f['path'])}: {f['error']['type']}: {escape(f['error']['message'])}",
+        console.print(f"  [red]✗[/] {escape(printable(f['path']))}: {f['error']['type']}: "
+                      f"{escape(printable(f['error']['message']))}",
                       soft_wrap=True)
 
 
@@ -362,7 +364,7 @@ def _leaderboard(results: list[dict], console) -> None:
             table.add_column(col, justify=justify, no_wrap=True)
     for r in sorted(results, key=lambda r: -r["top1"]):
         size = _model_size(r["_resolved"])
-        table.add_row(escape(r["arch"]), escape(r["weights"]), _pct(r["top1"]), _pct(r["top5"]),
+        table.add_row(escape(r["arch"]), escape(printable(r["weights"])), _pct(r["top1"]), _pct(r["top5"]),
                       "" if r["images_per_second"] is None else f"{r['images_per_second']:.1f}",
                       f"{size['params'] / 1e6:.1f} M", f"{size['gflops']:.2f}", str(r["failed"]))
     console.print(table)

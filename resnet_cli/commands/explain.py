@@ -24,9 +24,9 @@ import typer
 from ..errors import UsageError
 from ..devices import Precision
 from ..job import InputOptions, ModelOptions, RunOptions, make_job
-from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, FastDecodeOpt, InputsArg, LabelsOpt, NullOpt,
-                       OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RecursiveOpt, ResizeOpt, TopkOpt, WeightsOpt,
-                       WorkersOpt)
+from ..options import (ArchOpt, BatchSizeOpt, CropOpt, FastDecodeOpt, InputsArg, LabelsOpt, LocalDeviceOpt,
+                       LocalWorkersOpt, NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RecursiveOpt, ResizeOpt,
+                       TopkOpt, WeightsOpt)
 from ..records import Record, Success
 from .classify import FormatOpt, ReportOpt, check_output, check_report, run
 
@@ -60,10 +60,10 @@ def command(
     topk: TopkOpt = None,
     format: FormatOpt = None,
     output: OutputOpt = None,
-    device: DeviceOpt = "auto",
+    device: LocalDeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = None,
-    workers: WorkersOpt = None,
+    workers: LocalWorkersOpt = None,
     recursive: RecursiveOpt = False,
     null: NullOpt = False,
     offline: OfflineOpt = False,

@@ -24,7 +24,8 @@ from ..console import isatty, print_data
 from ..errors import UsageError
 from ..devices import Precision
 from ..job import ModelOptions, RunOptions, make_job
-from ..options import ArchOpt, BatchSizeOpt, DeviceOpt, OfflineOpt, PrecisionOpt, QuietOpt, WorkersOpt
+from ..options import (ArchOpt, BatchSizeOpt, LocalDeviceOpt, LocalWorkersOpt, OfflineOpt, PrecisionOpt,
+                       QuietOpt)
 from .stream import RecordStream
 
 BLOCK = 4096  # rows of the index compared at once
@@ -59,10 +60,10 @@ def command(
         "--weights", "-w", metavar="WEIGHTS", show_default=False,
         help="The weights the index was made with, for queries to embed (default: what the index names).")]
     = None,
-    device: DeviceOpt = "auto",
+    device: LocalDeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = None,
-    workers: WorkersOpt = None,
+    workers: LocalWorkersOpt = None,
     offline: OfflineOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -10,6 +10,7 @@ line per failure, the engine closed at the end, and the exit code decided once.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -20,7 +21,9 @@ from ..signals import StopSignals
 
 
 def failure_line(rec: Failure) -> str:
-    return f"{printable(rec.path)}: {rec.type}: {rec.message}".replace("\n", " ")
+    """A failure's stderr line: the path and the message (an HTTP reason phrase, a label) with control characters
+    escaped, so nothing a file or a server says can drive the terminal."""
+    return f"{printable(rec.path)}: {rec.type}: {printable(rec.message.replace(chr(10), ' '))}"
 
 
 class RecordStream:
@@ -39,6 +42,7 @@ class RecordStream:
         self._records = records  # a stream made from the engine's (resume's reordering), else the engine's
         self.signals = StopSignals()
         self.bar = None
+        self._announcer: threading.Thread | None = None
 
     def __enter__(self) -> "RecordStream":
         from .. import engines
@@ -58,6 +62,7 @@ class RecordStream:
                 self.bar = progress_bar(self.stderr)
                 self.bar.start()
                 task = self.bar.add_task(self.description, total=self._total())
+                self.signals.say = self._announce_stop
             if not rec.ok and self.failure_lines:
                 self.say(failure_line(rec))
             yield rec
@@ -74,8 +79,24 @@ class RecordStream:
         else:
             eprint(line, self.stderr)
 
+    def _announce_stop(self, text: str) -> None:
+        """The first Ctrl-C's line while the bar is live. Called in the signal handler, which may have
+        interrupted the main thread inside a write to the bar's console: a thread of its own prints the line
+        through that console (rich puts it above the bar) and then stops the bar (no more redraws of a run
+        that is ending)."""
+        bar = self.bar
+
+        def announce() -> None:
+            bar.console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+            bar.stop()
+
+        self._announcer = threading.Thread(target=announce, name="announce-stop", daemon=True)
+        self._announcer.start()
+
     def __exit__(self, *exc) -> None:
         try:
+            if self._announcer is not None:
+                self._announcer.join(timeout=5)  # the stopping line comes before the run's last words
             if hasattr(self._records, "close"):
                 self._records.close()  # the engine lets go of its threads and its cluster now
             if self.bar is not None:

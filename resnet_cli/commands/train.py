@@ -22,8 +22,8 @@ from ..console import eprint, isatty, print_data, progress_bar
 from ..errors import UsageError
 from ..devices import Precision
 from ..job import ModelOptions, RunOptions, make_job
-from ..options import (ArchOpt, BatchSizeOpt, DeviceOpt, FastDecodeOpt, OfflineOpt, PrecisionOpt, QuietOpt, Report,
-                       WeightsOpt, WorkersOpt)
+from ..options import (ArchOpt, BatchSizeOpt, FastDecodeOpt, LocalDeviceOpt, LocalWorkersOpt, OfflineOpt, PrecisionOpt,
+                       QuietOpt, Report, WeightsOpt)
 from .stream import RecordStream
 
 
@@ -49,10 +49,10 @@ def command(
     format: Annotated[Optional[Report], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="The report: default a table on a terminal, else json.")] = None,
-    device: DeviceOpt = "auto",
+    device: LocalDeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = None,
-    workers: WorkersOpt = None,
+    workers: LocalWorkersOpt = None,
     fast_decode: FastDecodeOpt = False,
     offline: OfflineOpt = False,
     quiet: QuietOpt = False,
@@ -231,8 +231,11 @@ def _print(report: dict, fmt: Report) -> None:
     def render(console) -> None:
         from rich.markup import escape
 
-        console.print(f"[bold]{escape(report['model'])}[/]: {report['arch']} on {escape(report['base_weights'])}, "
-                      f"{len(report['classes'])} classes ({escape(', '.join(report['classes']))})", soft_wrap=True)
+        from ..console import printable
+
+        console.print(f"[bold]{escape(printable(report['model']))}[/]: {report['arch']} on "
+                      f"{escape(printable(report['base_weights']))}, {len(report['classes'])} classes "
+                      f"({escape(printable(', '.join(report['classes'])))})", soft_wrap=True)
         console.print(f"train {report['train']['images']} images, accuracy {pct(report['train']['accuracy'])}; "
                       f"validation {report['val']['images']} images, accuracy {pct(report['val']['accuracy'])}; "
                       f"C = {report['C']:g}")

@@ -193,6 +193,11 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     ray = import_ray()
     from ray.data import DataContext
 
+    with warnings.catch_warnings():  # Ray's DataContext() sets its own deprecated fields (a DeprecationWarning
+        # each, whatever a caller does); made once per process, here, without them
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context")
+        DataContext.get_current()
+
     import torch
 
     from ..inference import load_for
@@ -249,14 +254,20 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, task, *, actor_device
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
                             fn_kwargs={"pre": job.weights.preprocess, "fast_decode": job.options.fast_decode,
                                        "network": job.network})
-    return ds.map_batches(
-        ModelActor, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
-        num_cpus=1, num_gpus=1 if gpu else None,
-        fn_constructor_kwargs={
-            "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
-            "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "task": task,
-            "decode": not gpu, "fast_decode": job.options.fast_decode, "network": job.network,
-        })
+    # No restarts: Ray cannot promise to restart an actor whose constructor arguments (the weights) live in the
+    # object store (ray-project/ray#53727), and says so on stderr at every run (a core_worker.cc error line); and
+    # an actor that runs out of memory again would be restarted forever. An actor that dies ends the run with an
+    # error instead. Ray Data takes max_restarts only among its deprecated free-form remote arguments for now.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated", category=DeprecationWarning)
+        return ds.map_batches(
+            ModelActor, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
+            num_cpus=1, num_gpus=1 if gpu else None, max_restarts=0,
+            fn_constructor_kwargs={
+                "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
+                "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "task": task,
+                "decode": not gpu, "fast_decode": job.options.fast_decode, "network": job.network,
+            })
 
 
 def _batch_records(batch, sources: list[Source], loaded, task) -> list[tuple[int, Record]]:
