@@ -195,14 +195,21 @@ def test_a_success_keeps_the_picture_the_decoder_kept():
 # --- Decoder ---------------------------------------------------------------------------------------------------
 
 class FakePrepare:
-    """Stands in for pipeline.prepare: a source's decode sleeps `delays[path]` seconds (or blocks until
-    `release` is set, for a path in `blocked`), and the number started / running at once is counted."""
+    """Stands in for pipeline.prepare and counts the decodes started and running at once. A path in `blocked`
+    decodes once `release` is set; a path in `waits_for` once the decode of the path it names has finished
+    (so a later input is ready before an earlier one, whatever the machine's load)."""
 
-    def __init__(self, delays=None, blocked=()) -> None:
-        self.delays, self.blocked = delays or {}, set(blocked)
+    def __init__(self, blocked=(), waits_for=None) -> None:
+        self.blocked, self.waits_for = set(blocked), waits_for or {}
         self.release = threading.Event()
+        self.done: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
         self.started = self.running = self.max_running = 0
+        self.finished: list[str] = []
+
+    def _done(self, path: str) -> threading.Event:
+        with self.lock:
+            return self.done.setdefault(path, threading.Event())
 
     def __call__(self, source, pre, fast_decode=False, network=None, view_size=None) -> Prepared:
         with self.lock:
@@ -212,11 +219,14 @@ class FakePrepare:
         try:
             if source.path in self.blocked:
                 self.release.wait(10)
-            time.sleep(self.delays.get(source.path, 0))
+            if source.path in self.waits_for:
+                assert self._done(self.waits_for[source.path]).wait(10)
             return Prepared(source.path, source.path.encode())
         finally:
             with self.lock:
                 self.running -= 1
+                self.finished.append(source.path)
+            self._done(source.path).set()
 
 
 def sources(n: int) -> list[Source]:
@@ -238,27 +248,33 @@ def wait_until(condition, timeout=5.0) -> bool:
 
 @pytest.mark.timeout(30)
 def test_the_decoder_yields_in_input_order_when_early_sources_are_slow(monkeypatch):
-    fake = FakePrepare({"s00": 0.3, "s01": 0.2, "s04": 0.15})
+    fake = FakePrepare(waits_for={"s00": "s05", "s01": "s04", "s06": "s09"})
     monkeypatch.setattr(pipeline, "prepare", fake)
     decoder = Decoder(sources(12), WEIGHTS.preprocess, workers=4, window=8, idle_s=0.02)
     try:
         out = items_of(decoder)
     finally:
         decoder.close()
-    assert [p.path for p in out] == [s.path for s in sources(12)]
-    assert fake.max_running > 1  # the slow decodes ran alongside others, yet the order held
+    assert fake.finished.index("s05") < fake.finished.index("s00")  # decoded out of order...
+    assert [p.path for p in out] == [s.path for s in sources(12)]  # ...yielded in order
+    assert fake.max_running > 1
 
 
 @pytest.mark.timeout(30)
 def test_the_decoder_yields_idle_while_the_next_input_is_not_ready(monkeypatch):
-    fake = FakePrepare({"s00": 0.3})
+    fake = FakePrepare(blocked={"s00"})
     monkeypatch.setattr(pipeline, "prepare", fake)
     decoder = Decoder(sources(2), WEIGHTS.preprocess, workers=2, window=4, idle_s=0.02)
+    out = []
     try:
-        out = list(decoder)
+        for item in decoder:
+            out.append(item)
+            if item is IDLE:
+                fake.release.set()  # IDLE came while s00 could not be ready: now let it finish
     finally:
+        fake.release.set()
         decoder.close()
-    assert out[0] is IDLE  # the slow first input: IDLE cues a flush instead of blocking
+    assert out[0] is IDLE  # a slow first input: IDLE cues a flush instead of blocking the consumer
     assert [p.path for p in out if p is not IDLE] == ["s00", "s01"]
 
 

@@ -156,7 +156,7 @@ def test_the_head_is_scikit_learns_logistic_regression(c):
     x_test, y_test = blobs(1)
     # Both minimise the same strictly convex objective (C * summed cross-entropy + |W|^2 / 2, bias free),
     # each to its solver's tolerance; the probabilities (unique even where the bias is not, softmax being shift
-    # invariant) agreed to 2e-7 for C in 0.1..10 when this was written. 1e-5 leaves room for another BLAS or
+    # invariant) agreed to 3e-7 for C = 0.1 and 10 when this was written. 1e-5 leaves room for another BLAS or
     # CPU without letting a different objective pass (C scaled by the number of samples, or a penalised bias,
     # moves them by 1e-2 and more).
     np.testing.assert_allclose(probe.predict_proba(x_test, w, b), sk.predict_proba(x_test), rtol=0, atol=1e-5)
