@@ -46,7 +46,7 @@ def test_a_vector_put_again_replaces_the_first_and_leaves_no_temporary_file():
     cache.put(digest, np.zeros(4))
     cache.put(digest, np.ones(4))
     np.testing.assert_array_equal(cache.get(digest), np.ones(4, np.float32))
-    assert [p.name for p in cache.folder.rglob("*")if p.is_file()] == [f"{digest}.npy"]
+    assert [p.name for p in cache.folder.rglob("*") if p.is_file()] == [f"{digest}.npy"]
 
 
 def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
