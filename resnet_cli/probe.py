@@ -58,9 +58,11 @@ class FeatureCache:
         return self.folder / digest[:2] / f"{digest}.npy"
 
     def get(self, digest: str) -> np.ndarray | None:
+        """The cached vector of the image whose content has SHA-256 `digest`, or None when there is none or its
+        file cannot be read back (missing, empty, torn, not an .npy): a miss, never an error."""
         try:
             return np.load(self._file(digest), allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # numpy raises EOFError for an empty file
             return None
 
     def put(self, digest: str, vector: np.ndarray) -> None:
