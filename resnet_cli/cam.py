@@ -13,11 +13,10 @@ per image (x - min, / (1e-7 + max)), bilinear upsampling to the crop size (OpenC
 centres, edges clamped, no antialiasing), min-max again.
 
 The methods are implemented here rather than taken from the grad-cam package, which is the tests' oracle
-(benchmarks/explain_oracle.py measured both; docs/explain.md has the numbers): importing it costs 3.4 s after
-torch (it brings torchvision, scikit-learn, pandas, scipy, matplotlib and OpenCV, 437 MB installed); it runs
-the unfused network and computes the gradient of every parameter, 4.3 times our time for a batch of 16 at
-layer4; and between calls it keeps the last batch's output, autograd graph and parameter gradients alive,
-0.5 to 1.7 GB more resident memory. Here, at layer4's last block on the CPU, the map comes from classify's
+(benchmarks/explain_oracle.py measures both; docs/explain.md has the numbers): importing it brings
+torchvision, scikit-learn, pandas, scipy, matplotlib and OpenCV; it runs the unfused network and computes the
+gradient of every parameter; and between calls it keeps the last batch's output, autograd graph and
+parameter gradients alive. Here, at layer4's last block on the CPU, the map comes from classify's
 own fused forward pass (inference.Predictor.explain), and a map costs a forward and backward pass of the
 pooling and the head; at an earlier block, a forward pass of the eager network up to the block, and from there
 a forward and backward pass in which only the activations require a gradient. Nothing is computed for the
@@ -32,9 +31,6 @@ from torch import Tensor, nn
 
 from .errors import UsageError
 from .registry import ArchSpec
-
-METHODS = ("gradcam", "gradcam++", "layercam")
-
 
 def block_names(arch: ArchSpec) -> list[str]:
     """Every residual block's name in execution order, as `arch --blocks` prints them: layer1.0 ... layer4.2."""

@@ -4,9 +4,16 @@ turns the library's errors into one-line messages and exit codes. Nothing heavy 
 
     resnet-classify INPUT... [options]          classify (the default command)
     resnet-classify classify INPUT... [options]
+    resnet-classify explain INPUT... [--method M] [--layer L] [--target T] [--out DIR]
+    resnet-classify evaluate DATA [--arch A,B...] [--weights W,V...]
+    resnet-classify embed INPUT... -o FILE
+    resnet-classify similar QUERY... --index FILE | --duplicates --index FILE
+    resnet-classify train DATA -o MODEL.safetensors
     resnet-classify models [--format table|json|jsonl]
     resnet-classify download ARCH [--weights NAME|all]
     resnet-classify arch ARCH [--input-size N|HxW] [--blocks] [--format table|json]
+
+(docs/cli.md has every option.)
 
 A file that is named like a command is reached as ./models. A first argument that is no file but close to a
 command name (`modles`) is a usage error that suggests the command, before anything is loaded; `help [COMMAND]`
@@ -275,8 +282,6 @@ def main() -> None:
     if "torch" in sys.modules:
         # Everything is written and closed; skip the interpreter's teardown of torch (0.4 s of a 2.5 s
         # single-image run), which a user would otherwise wait for.
-        import os
-
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -2,11 +2,9 @@
 
 What `torch.compile` with freezing does for a ResNet on the CPU, done ahead of time from the module: fold each
 BatchNorm into the convolution before it, pre-pack the weights into oneDNN's blocked layout for the batch
-shape, and run conv+ReLU and conv+add+ReLU (the residual join) as single kernels, in channels_last.
-Measured on the 2-core dev machine, resnet50, batch 8, interleaved in one process (README, "Speed"): 38.3
-img/s against 36.9 for torch.compile with freezing in fp32, 80.3 against 78.7 in bf16, ready in 0.1 s where
-compiling takes 10-13 s with a warm cache; eager channels_last 32 img/s. Folding BN changes float rounding
-only: tests/test_model.py and tests/test_reference.py prove the top-5 equal to torchvision's reference and
+shape, and run conv+ReLU and conv+add+ReLU (the residual join) as single kernels, in channels_last: as
+fast as the compiled model and ready at once (docs/benchmarks.md has the measurements). Folding BN changes
+float rounding only: tests/test_model.py and tests/test_reference.py prove the top-5 equal to torchvision's reference and
 the probabilities within 1e-4.
 
 These are the mkldnn operators Inductor itself emits; where the build lacks them, `available()` is False and

@@ -15,7 +15,6 @@ from importlib import resources
 
 from .errors import UsageError
 
-DEFAULT_ARCH = "resnet50"
 
 
 @dataclass(frozen=True)

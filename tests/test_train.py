@@ -93,7 +93,7 @@ def test_train_matches_scikit_learn_and_the_model_classifies_by_itself(dataset, 
 
     # a second run with other settings reads every feature from the cache
     t0 = time.perf_counter()
-    second = cli(*args[:-2], "--epochs", "50", "-f", "json")
+    second = cli(*args[:-2], "--max-iter", "50", "-f", "json")
     second_s = time.perf_counter() - t0
     again = json.loads(second.stdout)
     assert again["features"] == {"cached": 48, "extracted": 0, "failed": 1}  # only the unreadable file is tried again

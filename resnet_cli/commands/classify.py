@@ -3,8 +3,9 @@
     options --> api.build_job(Classify, ModelOptions, RunOptions) (resolved once, checked, no torch)
         --> engines.records(job) --> write_records --> exit code
 
-This file owns what classify adds around an engine: the output file and its format, `--resume`, per-file
-lines on stderr, the progress bar, and the exit code.
+This file owns what classify adds around an engine: the output file and its format, `--resume` and
+`--report`; the loop over the records (signals, the progress bar, per-file lines on stderr, the exit code) is
+commands/stream.py's.
 """
 
 from __future__ import annotations

@@ -42,9 +42,13 @@ def command(
     val_data: Annotated[Optional[str], typer.Option(
         "--val-data", metavar="DIR", show_default=False,
         help="A separate labelled validation set (same forms as DATA) instead of --val.")] = None,
-    epochs: Annotated[int, typer.Option(
-        "--epochs", min=1, metavar="N",
-        help="Iterations of the optimiser (L-BFGS over all training features at once).")] = 100,
+    max_iter: Annotated[int, typer.Option(
+        "--max-iter", min=1, metavar="N",
+        help="The most iterations of the optimiser (L-BFGS over all training features at once), as "
+        "scikit-learn's max_iter.")] = 100,
+    epochs: Annotated[Optional[int], typer.Option(
+        "--epochs", min=1, metavar="N", hidden=True, show_default=False,
+        help="Deprecated: the former name of --max-iter.")] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed of the --val split.")] = 0,
     format: Annotated[Optional[Report], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
@@ -59,6 +63,10 @@ def command(
 ) -> None:
     """Train a classifier for your own classes on the network's features; save it as one .safetensors file."""
     from .. import labelled
+
+    if epochs is not None:
+        eprint("--epochs is deprecated: it is --max-iter (the optimiser's iteration cap, not passes over the data)")
+        max_iter = epochs
 
     if not output.endswith(".safetensors"):
         raise UsageError(f"-o {output}: the model is saved as a .safetensors file")
@@ -110,7 +118,7 @@ def command(
         bar.start()
         task = bar.add_task("fitting", total=len(probe.GRID) if len(y_val) else 1)
     try:
-        chosen = probe.choose_c(x_train, y_train, x_val, y_val, len(classes), epochs,
+        chosen = probe.choose_c(x_train, y_train, x_val, y_val, len(classes), max_iter,
                                 progress=(lambda: bar.advance(task)) if bar is not None else None)
     finally:
         if bar is not None:
