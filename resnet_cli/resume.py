@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from .errors import UsageError
 from .job import topk_for
 from .records import Failure, Prediction, Record, Success, from_dict
-from .writers import Format
+from .writers import Format, csv_value
 
 
 def read_records(path: str, fmt: Format) -> list[Record]:
@@ -65,7 +65,8 @@ def _read_jsonl(data: bytes, path: str) -> list[Record]:
 
 
 def _read_csv(text: str) -> list[Record]:
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = [{k: csv_value(v) if isinstance(v, str) else v for k, v in r.items()}
+            for r in csv.DictReader(io.StringIO(text, newline=""))]
     out: list[Record] = []
     by_path: dict[str, list[dict]] = {}
     for r in rows:

@@ -46,10 +46,11 @@ def command(
 ) -> None:
     """Write each image's embedding: the vector the classifier head receives (512 or 2048 numbers)."""
     from .. import embeddings
-    from .classify import check_writable
+    from .classify import check_outputs
 
-    embeddings.check_output(output)
-    check_writable(output)
+    ext = embeddings.check_output(output)
+    files = [("--output", output)] + ([("--output", embeddings.sidecar(output))] if ext == ".npy" else [])
+    check_outputs(inputs, files, recursive=recursive, reads=(weights,))
     job = make_job(inputs, arch=arch, weights=weights, topk=1, device=device, precision=precision,
                    batch_size=batch_size, workers=workers, recursive=recursive, null_separated=null,
                    offline=offline, fast_decode=fast_decode, resize=resize, crop=crop, quiet=quiet, engine=engine,
