@@ -90,8 +90,10 @@ def test_an_output_that_is_an_input_is_refused_before_anything_is_read(case, pic
         argv, option, named = [pics, *r18, "-o", pics / "new.png"], "--output", "new.png"
     elif case == "glob":
         argv, option, named = [str(pics / "*.png"), *r18, "-o", pics / "b.png"], "--output", "b.png"
-    elif case == "checkpoint":
-        argv, option, named = [a, *r18, "-o", r18[3]], "--output", r18[3]
+    elif case == "checkpoint":  # a copy: the old code overwrote it
+        shutil.copy(r18[3], tmp_path / "model.pth")
+        argv, option, named = [a, "-a", "resnet18", "-w", tmp_path / "model.pth", "-o", tmp_path / "model.pth"], \
+            "--output", "model.pth"
     else:
         (pics / "labels.txt").write_text("".join(f"class {i}\n" for i in range(1000)))
         argv, option, named = [a, *r18, "--labels", "labels.txt", "-o", "labels.txt"], "--output", "labels.txt"
@@ -175,8 +177,9 @@ def test_evaluate_outputs_are_neither_inputs_nor_each_other(case, data, r18, cli
         args = [data, *r18, "--predictions", tmp_path / "p.jsonl", "-o", tmp_path / "p.jsonl"]
     elif case == "two models, one confusion name":
         args = [data, "-a", "resnet18,resnet18", "-w", r18[3], "--confusion", tmp_path / "c.csv"]
-    else:
-        args = [data, *r18, "-o", r18[3]]
+    else:  # a copy: the old code overwrote it
+        shutil.copy(r18[3], tmp_path / "model.pth")
+        args = [data, "-a", "resnet18", "-w", tmp_path / "model.pth", "-o", tmp_path / "model.pth"]
     before = snapshot(tmp_path)
     res = cli("evaluate", *args)
     refused(res)
@@ -341,13 +344,15 @@ def test_every_kind_of_output_is_0644_under_umask_022(data, r18, cli, tmp_path):
 
 @pytest.mark.parametrize("umask", [0o002, 0o077])
 def test_a_trained_model_gets_the_permissions_of_any_other_output(umask, data, r18, cli, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
     old = os.umask(umask)
     try:
-        res = cli("train", data, *r18, "-o", tmp_path / "model.safetensors", "--epochs", "3")
+        res = cli("train", data, *r18, "-o", out / "model.safetensors", "--epochs", "3")
         assert res.code == 0, res.stderr
     finally:
         os.umask(old)
-    found = modes(tmp_path)
+    found = modes(out)
     assert found == {"model.safetensors": oct(0o666 & ~umask)}
 
 
