@@ -7,7 +7,10 @@
 The records are classify's to the byte (same forward pass); what explain adds is documented in docs/explain.md.
 Choices made here:
 - One overlay per successful input, named after the input (`dog.jpg` -> `dog.png`), `-2`, `-3` ... when two
-  inputs of the run share a name; files of an earlier run in --out are replaced, never numbered around.
+  inputs of the run share a name; files of an earlier run in --out are replaced, never numbered around. A
+  symlink (or a folder) at such a name is never followed or replaced, and an overlay that cannot be written
+  is that input's `write_failed` record: the run goes on. --out is checked against the inputs first
+  (outputs.check).
 - The local engine only: the maps need the activations' gradients, which the Ray engine's actors do not
   return. `--resume` is classify's: an explain run is redone whole (its files are replaced atomically).
 """
