@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from checkpoints import PHOTOS
 
 
 def small_png(path: Path, colour=(200, 40, 40)) -> Path:

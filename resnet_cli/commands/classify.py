@@ -8,7 +8,6 @@ lines on stderr, the progress bar, and the exit code.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, BinaryIO, Callable, Optional, TextIO
 
