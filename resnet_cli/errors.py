@@ -82,4 +82,5 @@ DOWNLOAD_FAILED = "download_failed"
 TOO_LARGE = "too_large"
 TIMEOUT = "timeout"
 UNREADABLE_FOLDER = "unreadable_folder"
+WRITE_FAILED = "write_failed"  # a file the tool names for this input (explain's overlay or map) cannot be written
 INTERNAL_ERROR = "internal_error"  # a bug in this program; please report it

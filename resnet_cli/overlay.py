@@ -15,8 +15,10 @@ import numpy as np
 from PIL import Image
 
 from .records import View
-from .writers import AtomicFile
+from .writers import AtomicFile, cut_bytes
 
+STEM_BYTES = 120  # a name's stem at most, in UTF-8 bytes: with "-N", ".png" and a temporary name's 14 bytes, far
+# under the 255 bytes file systems allow
 OVERLAY_SIZE = 1024  # longest side of the picture overlays are drawn on
 OUTSIDE = 1 / 3  # brightness left to what the network did not see
 HEAT = 0.5  # share of the heat map in the blend inside the crop
@@ -64,7 +66,7 @@ class Names:
         base = os.path.basename(base.rstrip("/\\")) or "image"
         stem = os.path.splitext(base)[0] or base
         stem = _UNSAFE.sub("_", stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")).strip("._")
-        stem = (stem or "image")[:120]
+        stem = cut_bytes(stem or "image", STEM_BYTES)
         name, n = stem, 1
         while name.lower() in self._taken:
             n += 1
@@ -84,8 +86,9 @@ def save_map(cam: np.ndarray, path: str) -> None:
 
 
 def _write_atomically(path: str, save) -> None:
-    """`save(file)` into writers.AtomicFile: the file appears at `path` whole, or not at all."""
-    atomic = AtomicFile(path)
+    """`save(file)` into writers.AtomicFile: the file appears at `path` whole, or not at all. The name is the
+    tool's: a symlink (or a folder) already at `path` is refused with OSError, never followed."""
+    atomic = AtomicFile(path, follow=False)
     try:
         save(atomic.file)
         atomic.commit()

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from .console import printable
 from .errors import UsageError
 from .records import Record, Success, from_dict
-from .writers import CSV_COLUMNS, CsvWriter, Format, dumps
+from .writers import CSV_COLUMNS, CsvWriter, Format, csv_value, dumps
 
 _LEFT = "the file is left as it is"
 CHECK = object()  # Resume.claim's mark for the input classified again to check its kept record
@@ -238,7 +238,9 @@ def _csv_rows(rec: Record) -> list[list[str]]:
 
 
 def _csv_record(rows: list[list[str]]) -> dict:
-    """The dict form of one record from its rows (a failure's one row, or a success's rank rows)."""
+    """The dict form of one record from its rows (a failure's one row, or a success's rank rows), each cell's
+    text as it was before the writer guarded it against spreadsheet formulas (writers.csv_value)."""
+    rows = [[csv_value(c) for c in row] for row in rows]
     cell = dict(zip(CSV_COLUMNS, rows[0]))
     if cell["error_type"]:
         return {"path": cell["path"], "error": {"type": cell["error_type"], "message": cell["error_message"]}}

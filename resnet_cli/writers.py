@@ -4,7 +4,8 @@
   so a crash loses nothing finished; `--resume` repairs a torn last line.
 - json: one array, streamed (`[]` when empty). To a file: written to a temporary file in the same folder and
   renamed over the target when complete, so readers never see half an array.
-- csv: one row per (path, rank), failures one row with the error columns filled; atomic like json.
+- csv: one row per (path, rank), failures one row with the error columns filled; atomic like json. A cell a
+  spreadsheet would run as a formula gets a leading `'` (csv_cell), which --resume takes off (csv_value).
 - table: a rich table per image on the terminal; failures as a red line.
 
 File names that are not valid UTF-8 (Linux allows any bytes) reach us as surrogate escapes: JSON writes
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import errno
 import io
 import json
 import os
@@ -40,6 +42,23 @@ CSV_COLUMNS = ["path", "arch", "weights", "resize", "crop", "rank", "index", "la
 # explain's CSV: the same rows, each with its image's explanation (docs/output.md)
 EXPLAIN_COLUMNS = ["method", "layer", "target_index", "target_label", "target_probability", "overlay", "map"]
 
+# Cells a spreadsheet would read as a formula (OWASP, "CSV Injection"), and the escape itself: such a cell is
+# written with one `'` before it, which spreadsheets show as text and csv_value() takes off again.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value) -> str:
+    """A CSV cell for `value` (str() of it) that no spreadsheet runs: one `'` put before a cell that starts with
+    = + - @ tab CR or `'`. csv_value() gives back the value's text exactly."""
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_value(cell: str) -> str:
+    """The text csv_cell() was given: one leading `'` taken off, when the cell has one."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
 def dumps(obj) -> str:
     """Compact JSON, UTF-8 friendly (no \\u escapes for ordinary non-ASCII), lone surrogates escaped."""
     text = json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
@@ -55,27 +74,75 @@ def can_replace_atomically(path: str) -> bool:
         return True
 
 
-class AtomicFile:
-    """A binary file that appears at `path` only when committed (temporary file + fsync + rename). A symlink
-    at `path` keeps pointing where it did: the file it points to is the one replaced."""
+TEMP_EXTRA = 14  # what mkstemp adds to a name here: "." before, "." + 8 random characters + ".tmp" after
 
-    def __init__(self, path: str) -> None:
-        path = os.path.realpath(path)
+
+def cut_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (surrogate escapes count as the byte they stand for), never
+    inside a character."""
+    size = 0
+    for i, ch in enumerate(text):
+        size += len(ch.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            return text[:i]
+    return text
+
+
+def name_max(folder: str) -> int:
+    """The longest file name (bytes) `folder`'s file system allows (255 where it cannot say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+class AtomicFile:
+    """A binary file that appears at `path` only when committed (temporary file + fsync + rename), with the
+    permissions a plain new file gets (0666 less the umask), or those of the file it replaces.
+
+    `follow=True` (a name the user gave): a symlink at `path` keeps pointing where it did, and the file it
+    points to is the one replaced. `follow=False` (a name the tool chose: an overlay, a map): a symlink, or
+    anything but a regular file, at `path` is refused (OSError ELOOP / EEXIST) and never followed; the rename
+    replaces the name itself, never a file a link points to.
+
+    Raises OSError when the temporary file cannot be created (ENAMETOOLONG for a name the file system refuses;
+    the temporary name is cut to fit, so only the target's own name can be too long)."""
+
+    def __init__(self, path: str, *, follow: bool = True) -> None:
+        if follow:
+            path = os.path.realpath(path)
+        else:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    raise OSError(errno.ELOOP, "a symlink is already at this name; it is not followed", path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EEXIST, "something other than a file is already at this name", path)
         self.path = path
+        self.follow = follow
         folder = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        name = os.path.basename(path)
+        if len(name.encode("utf-8", "surrogateescape")) > name_max(folder):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+        prefix = "." + cut_bytes(name, name_max(folder) - TEMP_EXTRA) + "."
+        fd, self.tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
         self.file: BinaryIO = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        if os.path.exists(self.path):
-            os.chmod(self.tmp, os.stat(self.path).st_mode & 0o7777)
+        try:
+            st = os.stat(self.path) if self.follow else os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            os.chmod(self.tmp, st.st_mode & 0o7777)
         else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)
+            os.chmod(self.tmp, 0o666 & ~current_umask())
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -83,6 +150,12 @@ class AtomicFile:
             self.file.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 class Writer:
@@ -140,7 +213,7 @@ class CsvWriter(Writer):
         self._row(CSV_COLUMNS + (EXPLAIN_COLUMNS if explain else []))
 
     def _row(self, row) -> None:
-        self._csv.writerow(row)
+        self._csv.writerow([csv_cell(cell) for cell in row])
         self.out.write(self._buf.getvalue().encode("utf-8", "surrogateescape"))
         self._buf.seek(0)
         self._buf.truncate()

@@ -26,7 +26,6 @@ import torch
 from checkpoints import PHOTOS, ROOT
 from test_weights import patched_url  # noqa: F401 - the fixture: a weights URL on this machine
 from resnet_cli import registry
-from resnet_cli.errors import UsageError
 
 
 @pytest.fixture

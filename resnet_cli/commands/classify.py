@@ -10,7 +10,6 @@ commands/stream.py's.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Annotated, BinaryIO, Callable, Optional, TextIO
 
@@ -25,7 +24,7 @@ from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, Fas
                        TopkOpt, TtaOpt, WeightsOpt, WorkersOpt)
 from ..records import Record
 from ..report import THUMB as REPORT_VIEW
-from .stream import RecordStream
+from .stream import RecordStream, failure_line
 from ..writers import Format, format_for_output, open_writer
 
 if TYPE_CHECKING:
@@ -72,6 +71,8 @@ def command(
     """Classify images; print the top-k ImageNet classes of each, in input order."""
     fmt = check_output(format, output, resume)
     check_report(report, resume)
+    check_outputs(inputs, [("--output", output), ("--report", report)], recursive=recursive,
+                  reads=(weights, labels))
     from ..api import build_job
     from ..tasks import Classify
 
@@ -112,16 +113,22 @@ def check_report(report: str | None, resume: bool = False) -> None:
 
 
 def check_writable(output: str, option: str = "--output") -> None:
-    """--output must be creatable (or replaceable) before any work starts, not found out after the model loads."""
-    if os.path.isdir(output):
-        raise UsageError(f"{option} {output} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{option} {output}: folder {folder} does not exist")
-    if os.path.exists(output) and not os.access(output, os.W_OK):
-        raise UsageError(f"{option} {output}: not writable")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {output}: cannot create files in {folder}")
+    """--output must be creatable (or replaceable) before any work starts, not found out after the model loads
+    (outputs.check_location)."""
+    from ..outputs import check_location
+
+    check_location(option, output)
+
+
+def check_outputs(inputs: list[str], files: list[tuple[str, str | None]], *, recursive: bool = False,
+                  reads: tuple[str | None, ...] = (), folder: tuple[str, str] | None = None,
+                  folder_extensions: tuple[str, ...] = ()) -> None:
+    """No output (`files`: (option, path or None)) may be an input (`inputs`, the command line's; `reads`: other
+    files the run reads, such as --weights and --labels) or another output: outputs.check."""
+    from ..outputs import Inputs, check
+
+    check(Inputs.of(inputs, files=[r for r in reads if r], recursive=recursive),
+          [(option, path) for option, path in files if path], folder=folder, folder_extensions=folder_extensions)
 
 
 def run(job: Job, fmt: Format, output: str | None, previous: Resume | None = None, *, stdout: BinaryIO | None = None,
@@ -156,7 +163,10 @@ def run(job: Job, fmt: Format, output: str | None, previous: Resume | None = Non
         try:
             for rec in stream:
                 if each is not None:
-                    rec = each(rec)
+                    done = each(rec)
+                    if rec.ok and not done.ok and stream.failure_lines:  # its file could not be written
+                        stream.say(failure_line(done))
+                    rec = done
                 if writer is None:
                     writer = open_writer(fmt, output, stdout=stdout, color=color, replace=previous is not None,
                                          explain=explain)

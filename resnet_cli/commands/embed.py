@@ -47,13 +47,13 @@ def command(
 ) -> None:
     """Write each image's embedding: the vector the classifier head receives (512 or 2048 numbers)."""
     from .. import embeddings
-    from .classify import check_writable
+    from .classify import check_outputs
 
-    embeddings.check_output(output)
-    check_writable(output)
-    from ..tasks import Embed
-
+    ext = embeddings.check_output(output)
+    files = [("--output", output)] + ([("--output", embeddings.sidecar(output))] if ext == ".npy" else [])
+    check_outputs(inputs, files, recursive=recursive, reads=(weights,))
     from ..api import build_job
+    from ..tasks import Embed
 
     model = ModelOptions(arch, weights, resize, crop)
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,

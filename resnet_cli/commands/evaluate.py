@@ -79,10 +79,8 @@ def command(
 
     fmt = format or (Report.json if (output or "").lower().endswith(".json") or
                      (not output and not isatty(sys.stdout)) else Report.table)
-    if output:
-        from .classify import check_writable
+    from ..outputs import check_location
 
-        check_writable(output)
     if predictions and not predictions.lower().endswith((".jsonl", ".ndjson")):
         raise UsageError(f"--predictions {predictions}: give a .jsonl file")
     if confusion:
@@ -91,6 +89,9 @@ def command(
         from .classify import check_report
 
         check_report(report)
+    for option, path in (("--output", output), ("--predictions", predictions), ("--confusion", confusion)):
+        if path:
+            check_location(option, path)
     models = _models(arch, weights)
     data_set = labelled.read(data)
     if data_set.left_out and not quiet:
@@ -105,6 +106,8 @@ def command(
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
                          quiet=quiet)
+    _check_outputs(data, data_set, runs, weights=[w for _, w in models], labels=labels, output=output,
+                   predictions=predictions, confusion=confusion, report=report)
     results, code = [], 0
     pred_file = AtomicFile(predictions) if predictions else None
     try:
@@ -126,6 +129,20 @@ def command(
             pred_file.abort()
     _print(results, fmt, output)
     raise typer.Exit(code)
+
+
+def _check_outputs(data: str, data_set, runs, *, weights: list[str], labels: str | None, output, predictions,
+                   confusion, report) -> None:
+    """Every file the run will write (a per-model --confusion and --report for each model) checked against the
+    images, the manifest, the checkpoints and --labels, and against each other, before any image is read."""
+    from .classify import check_outputs
+
+    several = len(runs) > 1
+    files = [("--output", output), ("--predictions", predictions)]
+    for resolved in runs:
+        files += [("--confusion", confusion and _named_for(confusion, resolved, several)),
+                  ("--report", report and _named_for(report, resolved, several))]
+    check_outputs([data], files, recursive=True, reads=(*[s.path for s in data_set.sources], *weights, labels))
 
 
 def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
@@ -392,7 +409,7 @@ def _named_for(path: str, resolved, several: bool) -> str:
 
 
 def _write_confusion(path: str, result: dict) -> None:
-    from ..writers import AtomicFile
+    from ..writers import AtomicFile, csv_cell
 
     labels, matrix = result["confusion"]["labels"], result["confusion"]["matrix"]
     atomic = AtomicFile(path)
@@ -403,9 +420,9 @@ def _write_confusion(path: str, result: dict) -> None:
 
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(["label", *labels, "other"])
+            writer.writerow(["label", *map(csv_cell, labels), "other"])
             for label, row in zip(labels, matrix):
-                writer.writerow([label, *row])
+                writer.writerow([csv_cell(label), *row])
             atomic.file.write(buf.getvalue().encode("utf-8"))
         else:
             from ..plots import confusion_png

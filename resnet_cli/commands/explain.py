@@ -7,7 +7,10 @@
 The records are classify's to the byte (same forward pass); what explain adds is documented in docs/explain.md.
 Choices made here:
 - One overlay per successful input, named after the input (`dog.jpg` -> `dog.png`), `-2`, `-3` ... when two
-  inputs of the run share a name; files of an earlier run in --out are replaced, never numbered around.
+  inputs of the run share a name; files of an earlier run in --out are replaced, never numbered around. A
+  symlink (or a folder) at such a name is never followed or replaced, and an overlay that cannot be written
+  is that input's `write_failed` record: the run goes on. --out is checked against the inputs first
+  (outputs.check).
 - The local engine only: the maps need the activations' gradients, which the Ray engine's actors do not
   return. `--resume` is classify's: an explain run is redone whole (its files are replaced atomically).
 """
@@ -23,12 +26,13 @@ import typer
 
 from ..errors import UsageError
 from ..devices import Precision
+from ..errors import WRITE_FAILED
 from ..job import InputOptions, ModelOptions, RunOptions, make_job
 from ..options import (ArchOpt, BatchSizeOpt, CropOpt, FastDecodeOpt, InputsArg, LabelsOpt, LocalDeviceOpt,
                        LocalWorkersOpt, NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RecursiveOpt, ResizeOpt,
                        TopkOpt, WeightsOpt)
-from ..records import Record, Success
-from .classify import FormatOpt, ReportOpt, check_output, check_report, run
+from ..records import Failure, Record, Success
+from .classify import FormatOpt, ReportOpt, check_output, check_outputs, check_report, run
 
 
 class Method(str, enum.Enum):
@@ -79,6 +83,10 @@ def command(
 
     fmt = check_output(format, output, False)
     check_report(report)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file; give a folder")
+    check_outputs(inputs, [("--output", output), ("--report", report)], recursive=recursive, reads=(weights, labels),
+                  folder=("--out", out), folder_extensions=(".png", ".npy") if maps else (".png",))
     _check_out(out)
     from ..tasks import Explain
 
@@ -94,8 +102,6 @@ def command(
 
 
 def _check_out(out: str) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} is a file; give a folder")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
@@ -137,12 +143,14 @@ class _Files:
         e = record.explanation
         stem = os.path.join(self.out, self.names(record.path))
         picture = render(record.view, e.cam)
+        written = stem + ".png"
         try:
-            save_overlay(picture, stem + ".png")
+            save_overlay(picture, written)
             if self.maps:
-                save_map(e.cam, stem + ".npy")
-        except OSError as exc:  # a full disk, a folder removed under the run: no further overlay can be written
-            raise UsageError(f"--out {self.out}: cannot write {stem}.png: {exc.strerror or exc}") from None
+                written = stem + ".npy"
+                save_map(e.cam, written)
+        except OSError as exc:  # a symlink at the name, a name too long, a full disk: this input's failure
+            return Failure(record.path, WRITE_FAILED, f"cannot write {written}: {exc.strerror or exc}")
         e = dataclasses.replace(e, overlay=stem + ".png", map=stem + ".npy" if self.maps else None,
                                 picture=picture if self.keep else None, cam=None)
         return dataclasses.replace(record, explanation=e, view=record.view if self.keep else None)

@@ -70,20 +70,23 @@ def command(
 
     if not output.endswith(".safetensors"):
         raise UsageError(f"-o {output}: the model is saved as a .safetensors file")
-    from .classify import check_writable
+    from ..outputs import check_location
+    from .classify import check_outputs
 
-    check_writable(output)
+    check_location("--output", output)
     fmt = format or (Report.table if isatty(sys.stdout) else Report.json)
     resolved = ModelOptions(arch, weights).resolve()
     train_set = labelled.read(data)
+    val_set = labelled.read(val_data) if val_data else None
+    check_outputs([data] + ([val_data] if val_data else []), [("--output", output)], recursive=True,
+                  reads=(*[s.path for s in train_set.sources + (val_set.sources if val_set else [])], weights))
     if train_set.empty:  # as a class whose images are all unreadable (below): never a class dropped unseen
         raise UsageError(f"no usable training image for class{'es' if len(train_set.empty) > 1 else ''} "
                          f"{', '.join(map(repr, train_set.empty))} (its folder in {data} holds no image file)")
     classes = sorted(set(train_set.labels))
     if len(classes) < 2:
         raise UsageError(f"{data}: training needs at least two classes (found {len(classes)})")
-    if val_data:
-        val_set = labelled.read(val_data)
+    if val_set is not None:
         unknown = sorted(set(val_set.labels) - set(classes))
         if unknown:
             raise UsageError(f"{val_data}: classes not in DATA: {', '.join(map(repr, unknown[:5]))}")
@@ -216,13 +219,17 @@ def save(path: str, resolved, classes: list[str], w, b, *, offline: bool, quiet:
     meta = {"arch": resolved.arch.name, "base_weights": resolved.name, "labels": classes,
             "preprocess": {"resize": pre.resize, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),
                            "interpolation": pre.interpolation}}
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    from ..writers import AtomicFile
+
+    atomic = AtomicFile(path)  # the permissions of any new file (0666 less the umask), as every output
     try:
-        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic.file.close()
+        save_file(state, atomic.tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        atomic.file = open(atomic.tmp, "ab")  # for commit's fsync: save_file closes without one
+        atomic.commit()
+    except BaseException:
+        atomic.abort()
+        raise
 
 
 def _print(report: dict, fmt: Report) -> None:
