@@ -7,21 +7,12 @@ imported: `--help` must answer at once.
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Optional
 
 import typer
 
 from .devices import Precision
 from .job import Engine
-
-
-class Report(str, enum.Enum):
-    """--format of the commands that print one report (arch, evaluate, train): for people, or for programs.
-    Each command's --format offers only what it writes; classify's formats are writers.Format."""
-
-    table = "table"
-    json = "json"
 
 
 InputsArg = Annotated[list[str], typer.Argument(

@@ -31,10 +31,39 @@ from .records import Failure, Record
 
 
 class Format(str, enum.Enum):
+    """Every output format the tool writes. Each command's --format offers the ones it writes, as an enum of
+    their own made by `choices` (Typer shows and checks an enum's members), read back as a Format."""
+
     table = "table"
     json = "json"
     jsonl = "jsonl"
     csv = "csv"
+
+
+def choices(name: str, *formats: Format) -> type[enum.Enum]:
+    """A --format option's enum offering these formats only (same names and values as Format's)."""
+    return enum.Enum(name, {f.value: f.value for f in formats}, type=str)
+
+
+SummaryFormat = choices("SummaryFormat", Format.table, Format.json)  # arch, evaluate, train: one document
+ListFormat = choices("ListFormat", Format.table, Format.json, Format.jsonl)  # models, similar: a list
+
+
+def choose_format(given, *, output: str | None = None, pipe: Format, by_extension: dict | None = None,
+                  file: Format | None = None, stdout=None) -> Format:
+    """The format of a run's output, by one rule for every command: --format when given; else, writing to a
+    file, the one its extension names (`by_extension`, {".json": Format.json, ...}), else `file`; else a table
+    on a terminal and `pipe` into a pipe or a file (stdout, sys.stdout by default)."""
+    import sys
+
+    from .console import isatty
+
+    if given is not None:
+        return Format(given.value if isinstance(given, enum.Enum) else given)
+    if output:
+        ext = os.path.splitext(output)[1].lower()
+        return (by_extension or {}).get(ext, file or pipe)
+    return Format.table if isatty(stdout if stdout is not None else sys.stdout) else pipe
 
 
 CSV_COLUMNS = ["path", "arch", "weights", "resize", "crop", "rank", "index", "label", "probability",
@@ -280,12 +309,7 @@ class TableWriter(Writer):
 WRITERS = {Format.jsonl: JsonlWriter, Format.json: JsonWriter, Format.csv: CsvWriter, Format.table: TableWriter}
 
 
-def format_for_output(path: str | None, stdout_is_tty: bool) -> Format:
-    """The default format: by the output file's extension, else a table on a terminal, else JSON Lines."""
-    if path:
-        ext = os.path.splitext(path)[1].lower()
-        return {".json": Format.json, ".csv": Format.csv, ".txt": Format.table}.get(ext, Format.jsonl)
-    return Format.table if stdout_is_tty else Format.jsonl
+RECORD_EXTENSIONS = {".json": Format.json, ".csv": Format.csv, ".txt": Format.table}  # else JSON Lines
 
 
 def open_writer(fmt: Format, output: str | None, *, stdout: BinaryIO, color: bool | None = None,

@@ -6,14 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..options import Report
+from ..writers import SummaryFormat
 
 
 def command(
     arch: Annotated[str, typer.Argument(metavar="ARCH", help="Architecture, e.g. resnet50.", show_default=False)],
     input_size: Annotated[str, typer.Option("--input-size", "-s", metavar="N|HxW", help="Input size.")] = "224",
     blocks: Annotated[bool, typer.Option("--blocks", help="Show every block's main path and shortcut.")] = False,
-    format: Annotated[Optional[Report], typer.Option(
+    format: Annotated[Optional[SummaryFormat], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False, help="Default: table.")] = None,
 ) -> None:
     """Show how an architecture is built: stages, blocks, shapes, parameters and multiply-accumulates."""
@@ -25,7 +25,7 @@ def command(
     spec = get_arch(arch)  # argument errors first, before torch is imported
     size = parse_input_size(input_size)
     d = describe(spec.name, size, blocks=blocks)
-    if format is Report.json:
+    if format is not None and format.value == "json":
         typer.echo(dumps(d))
         return
 

@@ -25,7 +25,7 @@ from ..options import (ArchOpt, BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, Fas
 from ..records import Record
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream, failure_line
-from ..writers import Format, format_for_output, open_writer
+from ..writers import RECORD_EXTENSIONS, Format, choose_format, open_writer
 
 if TYPE_CHECKING:
     from ..resume import Resume
@@ -98,7 +98,7 @@ def check_output(fmt: Format | None, output: str | None, resume: bool) -> Format
         raise UsageError("--resume needs --output FILE (the file to resume)")
     if output:
         check_writable(output)
-    return fmt or format_for_output(output, stdout_is_tty=isatty(sys.stdout))
+    return choose_format(fmt, output=output, pipe=Format.jsonl, by_extension=RECORD_EXTENSIONS)
 
 
 def check_report(report: str | None, resume: bool = False) -> None:

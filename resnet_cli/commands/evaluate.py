@@ -16,14 +16,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import eprint, isatty, print_data, printable
+from ..console import eprint, print_data, printable
 from ..errors import UsageError
 from ..devices import Precision
 from ..job import Engine, ModelOptions, RunOptions, make_job
 from ..options import (BatchSizeOpt, CropOpt, DeviceOpt, EngineOpt, FastDecodeOpt, LabelsOpt, OfflineOpt, PrecisionOpt,
-                       QuietOpt, RayAddressOpt, Report, ResizeOpt, TtaOpt, WorkersOpt)
+                       QuietOpt, RayAddressOpt, ResizeOpt, TtaOpt, WorkersOpt)
 from ..report import THUMB as REPORT_VIEW
 from .stream import RecordStream
+from ..writers import Format, SummaryFormat, choose_format
 
 
 def command(
@@ -39,7 +40,7 @@ def command(
         "--weights", "-w", metavar="WEIGHTS[,WEIGHTS...]",
         help="Published weights or a checkpoint file, as classify takes them; several separated by commas.")]
     = "DEFAULT",
-    format: Annotated[Optional[Report], typer.Option(
+    format: Annotated[Optional[SummaryFormat], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="Default: a table on a terminal, else json; with --output, json for .json, else table.")] = None,
     output: Annotated[Optional[str], typer.Option(
@@ -77,8 +78,8 @@ def command(
     from .. import labelled
     from ..writers import AtomicFile
 
-    fmt = format or (Report.json if (output or "").lower().endswith(".json") or
-                     (not output and not isatty(sys.stdout)) else Report.table)
+    fmt = choose_format(format, output=output, pipe=Format.json, by_extension={".json": Format.json},
+                        file=Format.table)
     from ..outputs import check_location
 
     if predictions and not predictions.lower().endswith((".jsonl", ".ndjson")):
@@ -288,10 +289,10 @@ def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
-def _print(results: list[dict], fmt: Report, output: str | None) -> None:
+def _print(results: list[dict], fmt: Format, output: str | None) -> None:
     from ..writers import AtomicFile, dumps
 
-    if fmt is Report.json:
+    if fmt is Format.json:
         doc = _public(results[0]) if len(results) == 1 else [_public(r) for r in results]
         text = dumps(doc) + "\n"
         if output:

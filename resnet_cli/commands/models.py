@@ -3,39 +3,31 @@ fetching it for offline use."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
 
-from ..console import isatty, print_data
+from ..console import print_data
 from ..errors import UsageError
 from ..options import QuietOpt
 from ..registry import WeightsSpec, architectures, get_arch
 from ..resolve import published
 from ..weights import cached_file, fetch, offline_from_env
-from ..writers import dumps
-
-
-class ModelsFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
+from ..writers import Format, ListFormat, choose_format, dumps
 
 
 def models_command(
-    format: Annotated[Optional[ModelsFormat], typer.Option(
+    format: Annotated[Optional[ListFormat], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="Default: a table on a terminal, else json.")] = None,
 ) -> None:
     """List the architectures and their published weights: accuracy, size, preprocessing, cached or not."""
-    import sys
 
-    fmt = format or (ModelsFormat.table if isatty(sys.stdout) else ModelsFormat.json)
-    if fmt is ModelsFormat.table:
+    fmt = choose_format(format, pipe=Format.json)
+    if fmt is Format.table:
         print_data(print_models_table)
-    elif fmt is ModelsFormat.json:
+    elif fmt is Format.json:
         typer.echo(dumps(models_json()))
     else:
         for entry in models_json():

@@ -23,8 +23,9 @@ from ..errors import UsageError
 from ..devices import Precision
 from ..job import ModelOptions, RunOptions, make_job
 from ..options import (ArchOpt, BatchSizeOpt, FastDecodeOpt, LocalDeviceOpt, LocalWorkersOpt, OfflineOpt, PrecisionOpt,
-                       QuietOpt, Report, WeightsOpt)
+                       QuietOpt, WeightsOpt)
 from .stream import RecordStream
+from ..writers import Format, SummaryFormat, choose_format
 
 
 def command(
@@ -50,7 +51,7 @@ def command(
         "--epochs", min=1, metavar="N", hidden=True, show_default=False,
         help="Deprecated: the former name of --max-iter.")] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed of the --val split.")] = 0,
-    format: Annotated[Optional[Report], typer.Option(
+    format: Annotated[Optional[SummaryFormat], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="The report: default a table on a terminal, else json.")] = None,
     device: LocalDeviceOpt = "auto",
@@ -74,7 +75,7 @@ def command(
     from .classify import check_outputs
 
     check_location("--output", output)
-    fmt = format or (Report.table if isatty(sys.stdout) else Report.json)
+    fmt = choose_format(format, pipe=Format.json)
     resolved = ModelOptions(arch, weights).resolve()
     train_set = labelled.read(data)
     val_set = labelled.read(val_data) if val_data else None
@@ -232,10 +233,10 @@ def save(path: str, resolved, classes: list[str], w, b, *, offline: bool, quiet:
         raise
 
 
-def _print(report: dict, fmt: Report) -> None:
+def _print(report: dict, fmt: Format) -> None:
     from ..writers import dumps
 
-    if fmt is Report.json:
+    if fmt is Format.json:
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()
         return
