@@ -79,4 +79,5 @@ DOWNLOAD_FAILED = "download_failed"
 TOO_LARGE = "too_large"
 TIMEOUT = "timeout"
 UNREADABLE_FOLDER = "unreadable_folder"
+NON_FINITE_OUTPUT = "non_finite_output"  # the network gave NaN or infinity (weights that hold them, an overflow)
 INTERNAL_ERROR = "internal_error"  # a bug in this program; please report it

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .errors import INTERNAL_ERROR, InputError
+from .errors import INTERNAL_ERROR, NON_FINITE_OUTPUT, InputError
 from .images import open_bytes, open_local
 from .preprocess import resize_and_crop, view_of
 from .readers import Network
@@ -71,7 +72,11 @@ def to_records(prepared: list[Prepared], probs, indices, weights: Resolved, labe
                explained=None) -> list[Record]:
     """Records for a run of prepared inputs, in order; `probs`/`indices` hold one row per successful input.
     With `indices` None, `probs` are embeddings (one vector a row) and the records are Embedding records.
-    `explained`: (job.Explain, targets, their probabilities, maps), a row per successful input."""
+    `explained`: (job.Explain, targets, their probabilities, maps), a row per successful input. An input whose
+    probabilities, map or embedding hold NaN or infinity is a `non_finite_output` failure, never a record
+    with a number JSON cannot hold."""
+    import numpy as np
+
     arch, name, pre = weights.arch.name, weights.name, weights.preprocess
     out: list[Record] = []
     row = 0
@@ -80,7 +85,21 @@ def to_records(prepared: list[Prepared], probs, indices, weights: Resolved, labe
             out.append(Failure(p.path, p.error.kind, p.error.message))
             continue
         if indices is None:
-            out.append(Embedding(p.path, arch, name, probs[row]))
+            vector = probs[row]
+            row += 1
+            if not np.isfinite(vector).all():
+                out.append(Failure(p.path, NON_FINITE_OUTPUT, "the embedding holds NaN or infinity: the model's "
+                                   "weights hold such values, or its arithmetic overflowed"))
+            else:
+                out.append(Embedding(p.path, arch, name, vector))
+            continue
+        values = probs[row].tolist()
+        if explained is not None:
+            values.append(float(explained[2][row]))
+        if not all(math.isfinite(v) for v in values) or (explained is not None
+                                                          and not np.isfinite(explained[3][row]).all()):
+            out.append(Failure(p.path, NON_FINITE_OUTPUT, "the network's output is NaN or infinite: the model's "
+                               "weights hold such values, or its arithmetic overflowed"))
             row += 1
             continue
         topk = tuple(

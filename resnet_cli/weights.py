@@ -177,8 +177,14 @@ def class_names(weights: Resolved, labels_file: str | None = None) -> tuple[str,
             shape = None if fc is None else tuple(fc.shape)
         if shape is None or len(shape) != 2:
             raise UsageError(f"checkpoint {weights.name} does not fit {weights.arch.name}: it has no fc.weight head")
-        num_classes = shape[0]
+        num_classes = head_classes(shape[0])
     return _labels(num_classes, labels_file, weights.labels)
+
+
+def head_classes(outputs: int) -> int:
+    """The classes a head with `outputs` outputs answers: a one-output head is a sigmoid binary classifier,
+    two classes (0: the negative, 1: the positive; inference.Predictor); any other head, one per output."""
+    return 2 if outputs == 1 else outputs
 
 
 def head_shape(path: str) -> tuple[int, ...] | None:
@@ -273,4 +279,4 @@ def load(weights: Resolved, *, offline: bool = False, labels_file: str | None = 
     else:
         state = read_state_dict(weights.name)
     module = build_model(weights.arch, state, weights.name)
-    return LoadedModel(weights, _labels(module.fc.out_features, labels_file, weights.labels), module)
+    return LoadedModel(weights, _labels(head_classes(module.fc.out_features), labels_file, weights.labels), module)
