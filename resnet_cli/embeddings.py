@@ -208,19 +208,12 @@ def _read_npy(path: str) -> tuple[list[str], np.ndarray, dict]:
     side = sidecar(path)
     _readable(side)
     paths = []
-    with open(side, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = None
-            if (not isinstance(obj, dict) or not isinstance(obj.get("path"), str)
-                    or obj.get("row") != len(paths) or isinstance(obj.get("row"), bool)):
-                raise UsageError(f"{side}, line {number}: not {{\"row\": {len(paths)}, \"path\": ...}} "
-                                 f"(the row names of {path}, as embed writes them)")
-            paths.append(obj["path"])
+    for number, obj in _json_lines(side):
+        if (not isinstance(obj, dict) or not isinstance(obj.get("path"), str)
+                or obj.get("row") != len(paths) or isinstance(obj.get("row"), bool)):
+            raise UsageError(f"{side}, line {number}: not {{\"row\": {len(paths)}, \"path\": ...}} "
+                             f"(the row names of {path}, as embed writes them)")
+        paths.append(obj["path"])
     if len(paths) != matrix.shape[0]:
         raise UsageError(f"{side} names {len(paths)} rows; {path} holds {matrix.shape[0]}")
     return paths, np.asarray(matrix, np.float32), {}
@@ -253,23 +246,31 @@ def _read_parquet(path: str) -> tuple[list[str], np.ndarray, dict]:
 
 def _read_jsonl(path: str) -> tuple[list[str], np.ndarray, dict]:
     paths, rows, meta = [], [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or "error" in obj:
-                if isinstance(obj, dict) and isinstance(obj.get("path"), str):
-                    continue  # a failure record
-                raise UsageError(f"{path}, line {number}: not a record this tool wrote")
-            vector = np.array(obj.get("embedding"))
-            if not isinstance(obj.get("path"), str) or vector.ndim != 1 or vector.dtype.kind not in "fiu":
-                raise UsageError(f"{path}, line {number}: not {{\"path\": ..., \"embedding\": [numbers]}}")
-            if rows and len(vector) != len(rows[0]):
-                raise UsageError(f"{path}, line {number}: an embedding of {len(vector)} numbers after ones of "
-                                 f"{len(rows[0])}")
-            paths.append(obj["path"])
-            rows.append(vector.astype(np.float32))
-            meta = {k: obj[k] for k in ("arch", "weights") if isinstance(obj.get(k), str)}
+    for number, obj in _json_lines(path):
+        if isinstance(obj, dict) and "error" in obj and isinstance(obj.get("path"), str):
+            continue  # a failure record
+        vector = np.array(obj.get("embedding") if isinstance(obj, dict) else None)
+        if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or vector.ndim != 1 \
+                or vector.dtype.kind not in "fiu":
+            raise UsageError(f"{path}, line {number}: not {{\"path\": ..., \"embedding\": [numbers]}}: not an "
+                             "embedding file this tool wrote")
+        if rows and len(vector) != len(rows[0]):
+            raise UsageError(f"{path}, line {number}: an embedding of {len(vector)} numbers after ones of "
+                             f"{len(rows[0])}")
+        paths.append(obj["path"])
+        rows.append(vector.astype(np.float32))
+        meta = {k: obj[k] for k in ("arch", "weights") if isinstance(obj.get(k), str)}
     matrix = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
     return paths, matrix, meta
+
+
+def _json_lines(path: str):
+    """(line number, the line's JSON value, None where it is not JSON) for each line of `path` that is not
+    blank."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except ValueError:
+                    yield number, None

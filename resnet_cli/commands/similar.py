@@ -5,11 +5,14 @@ Exact search: a matrix product of unit vectors, in blocks of rows, so memory sta
 of similarities. It answers a million vectors in seconds per query batch; past that, or for many queries a
 second, an approximate index (faiss, usearch) is the tool (docs/embed.md).
 
-- A query that is a path in the index uses its stored vector and is not its own neighbour. Any other query is
-  an image (a file, folder, glob, URL or `-`), embedded as `embed` does with the index's architecture and
-  weights (from the file; `.npy` files carry none: give --arch and --weights) and the weights' preprocessing.
+- A query that is a file in the index, however either is spelled (SameFile), uses its stored vector, and no
+  row of that file is its neighbour. Any other query is an image (a file, folder, glob, URL or `-`), embedded
+  as `embed` does with the index's architecture and weights (from the file; `.npy` files carry none: give
+  --arch and --weights) and the weights' preprocessing; an embedded image that is in the index is not its own
+  neighbour either.
 - `--duplicates` groups the index's vectors whose similarity reaches the threshold (0.95 by default), linked
-  transitively; a group's similarity is the lowest between any two of its members.
+  transitively; a group's similarity is the lowest between any two of its members. Memory: the index and one
+  tile of similarities, whatever the number of similar pairs (duplicate_groups).
 """
 
 from __future__ import annotations
