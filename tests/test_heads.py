@@ -89,8 +89,9 @@ def test_a_one_output_head_takes_two_labels(binary, photos_dir, cli, tmp_path):
 
 def test_a_one_output_head_is_the_same_bytes_alone_or_in_a_batch(binary, photos_dir, cli):
     together = cli(photos_dir, "-a", "resnet18", "-w", binary, "-f", "jsonl", "-b", "3").jsonl()
-    alone = [cli(p, "-a", "resnet18", "-w", binary, "-f", "jsonl").jsonl()[0] for p in sorted(photos_dir.iterdir())]
-    assert sorted(together, key=name) == sorted(alone, key=name)
+    alone = [cli(p, "-a", "resnet18", "-w", binary, "-f", "jsonl").jsonl()[0]
+             for p in sorted(photos_dir.iterdir())[:3]]
+    assert sorted(together, key=name)[:3] == sorted(alone, key=name)
 
 
 def test_evaluate_and_explain_work_on_a_one_output_head(binary, cli, tmp_path):
@@ -144,6 +145,8 @@ def test_a_non_finite_output_is_a_failure_in_strict_json(checkpoint, photos_dir,
     records = [strict(line) for line in res.text.splitlines()]
     assert len(records) == len(PHOTOS)
     assert {r["error"]["type"] for r in records} == {"non_finite_output"}
+    if key != "fc.weight" or not math.isnan(value):
+        return  # the other formats once: the record is the same whatever made it
 
     out = tmp_path / "out.json"
     assert cli(photos_dir, "-a", "resnet18", "-w", bad, "-o", out).code == 1
