@@ -22,7 +22,7 @@ import shutil
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .records import Embedding, Record
 from .writers import AtomicFile, dumps
 
@@ -151,37 +151,126 @@ def open_output(path: str, *, dim: int, arch: str, weights: str):
 
 
 def read(path: str) -> tuple[list[str], np.ndarray, dict]:
-    """(paths, float32 N x D matrix, {"arch", "weights"}) of the successes in an embedding file of any of the
-    three formats."""
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            matrix = np.load(path, allow_pickle=False)
-            with open(sidecar(path), encoding="utf-8") as f:
-                paths = [json.loads(line)["path"] for line in f if line.strip()]
-            return paths, matrix.astype(np.float32, copy=False), {}
-        if ext == ".parquet":
-            import pyarrow.parquet as pq
+    """(paths, float32 N x D matrix, {"arch", "weights"} where the file says) of the successes in an
+    embedding file of any of the three formats.
 
-            table = pq.read_table(path)
-            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-            table = table.filter(table.column("error_type").is_null())
-            dim = int(meta.get("dim", 0)) or None
-            flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            matrix = flat.reshape(table.num_rows, dim or -1).astype(np.float32, copy=False)
-            return table.column("path").to_pylist(), matrix, meta
-        if ext == ".jsonl":
-            paths, rows, meta = [], [], {}
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    obj = json.loads(line)
-                    if "embedding" in obj:
-                        paths.append(obj["path"])
-                        rows.append(obj["embedding"])
-                        meta = {"arch": obj["arch"], "weights": obj["weights"]}
-            return paths, np.array(rows, np.float32).reshape(len(rows), -1), meta
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{path}: not an embedding file this tool wrote ({exc})") from None
-    raise UsageError(f"{path}: an embedding file is .jsonl, .parquet or .npy")
+    Raises UsageError naming the file (and the line, row or field) for a file that is missing or unreadable,
+    a format whose reader is not installed (.parquet without pyarrow), a file this tool did not write, a
+    `.npy` whose FILE.paths.jsonl is missing or names another number of rows, vectors of unequal length, or
+    a number that is not finite (NaN, infinity)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise UsageError(f"{path}: an embedding file is .jsonl, .parquet or .npy")
+    if ext == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UsageError(f"{path}: reading .parquet needs pyarrow: {PARQUET_HINT}")
+    _readable(path)
+    try:
+        paths, matrix, meta = {".npy": _read_npy, ".parquet": _read_parquet, ".jsonl": _read_jsonl}[ext](path)
+    except UsageError:
+        raise
+    except OSError as exc:
+        raise UsageError(f"{exc.filename or path}: {exc.strerror or first_line(exc)}") from None
+    except Exception as exc:  # whatever a foreign or damaged file makes a reader raise
+        raise UsageError(f"{path}: not an embedding file this tool wrote ({first_line(exc)})") from None
+    if len(paths) != len(matrix):
+        raise UsageError(f"{path}: {len(paths)} paths for {len(matrix)} vectors")
+    for start in range(0, len(matrix), 4096):  # a block at a time: no N x D temporary
+        bad = ~np.isfinite(matrix[start:start + 4096]).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise UsageError(f"{path}: the vector of {paths[row]!r} (row {row}) holds a number that is not finite")
+    return paths, matrix, meta
+
+
+def _readable(path: str) -> None:
+    """A usage error naming `path` unless it is a regular file this process can open (a FIFO would block)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{path}: a folder, not an embedding file")
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"{path}: not a regular file")
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _read_npy(path: str) -> tuple[list[str], np.ndarray, dict]:
+    matrix = np.load(path, allow_pickle=False, mmap_mode="r")
+    if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
+        raise UsageError(f"{path}: holds a {matrix.dtype} array of shape {matrix.shape}, not rows of vectors "
+                         "(N x D numbers)")
+    side = sidecar(path)
+    _readable(side)
+    paths = []
+    for number, obj in _json_lines(side):
+        if (not isinstance(obj, dict) or not isinstance(obj.get("path"), str)
+                or obj.get("row") != len(paths) or isinstance(obj.get("row"), bool)):
+            raise UsageError(f"{side}, line {number}: not {{\"row\": {len(paths)}, \"path\": ...}} "
+                             f"(the row names of {path}, as embed writes them)")
+        paths.append(obj["path"])
+    if len(paths) != matrix.shape[0]:
+        raise UsageError(f"{side} names {len(paths)} rows; {path} holds {matrix.shape[0]}")
+    return paths, np.asarray(matrix, np.float32), {}
+
+
+def _read_parquet(path: str) -> tuple[list[str], np.ndarray, dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    missing = [c for c in ("path", "embedding", "error_type") if c not in table.column_names]
+    if missing:
+        raise UsageError(f"{path}: no column {missing[0]!r}: not an embedding file this tool wrote")
+    table = table.filter(table.column("error_type").is_null())
+    kind = table.schema.field("embedding").type
+    if not pa.types.is_fixed_size_list(kind):
+        raise UsageError(f"{path}: column 'embedding' is {kind}, not vectors of one length")
+    dim = kind.list_size
+    if "dim" in meta and meta["dim"] != str(dim):
+        raise UsageError(f"{path}: the metadata says dim {meta['dim']}; the vectors have {dim} numbers")
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if flat.size != table.num_rows * dim:
+        raise UsageError(f"{path}: column 'embedding' has a null vector on a row without an error_type")
+    paths = table.column("path").to_pylist()
+    if not all(isinstance(p, str) for p in paths):
+        raise UsageError(f"{path}: column 'path' has a null on row {next(i for i, p in enumerate(paths) if p is None)}")
+    return paths, flat.reshape(table.num_rows, dim).astype(np.float32, copy=False), meta
+
+
+def _read_jsonl(path: str) -> tuple[list[str], np.ndarray, dict]:
+    paths, rows, meta = [], [], {}
+    for number, obj in _json_lines(path):
+        if isinstance(obj, dict) and "error" in obj and isinstance(obj.get("path"), str):
+            continue  # a failure record
+        vector = np.array(obj.get("embedding") if isinstance(obj, dict) else None)
+        if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or vector.ndim != 1 \
+                or vector.dtype.kind not in "fiu":
+            raise UsageError(f"{path}, line {number}: not {{\"path\": ..., \"embedding\": [numbers]}}: not an "
+                             "embedding file this tool wrote")
+        if rows and len(vector) != len(rows[0]):
+            raise UsageError(f"{path}, line {number}: an embedding of {len(vector)} numbers after ones of "
+                             f"{len(rows[0])}")
+        paths.append(obj["path"])
+        rows.append(vector.astype(np.float32))
+        meta = {k: obj[k] for k in ("arch", "weights") if isinstance(obj.get(k), str)}
+    matrix = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+    return paths, matrix, meta
+
+
+def _json_lines(path: str):
+    """(line number, the line's JSON value, None where it is not JSON) for each line of `path` that is not
+    blank."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except ValueError:
+                    yield number, None

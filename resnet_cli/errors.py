@@ -83,4 +83,5 @@ TOO_LARGE = "too_large"
 TIMEOUT = "timeout"
 UNREADABLE_FOLDER = "unreadable_folder"
 WRITE_FAILED = "write_failed"  # a file the tool names for this input (explain's overlay or map) cannot be written
+NON_FINITE_OUTPUT = "non_finite_output"  # the network gave NaN or infinity (weights that hold them, an overflow)
 INTERNAL_ERROR = "internal_error"  # a bug in this program; please report it

@@ -5,7 +5,7 @@ CUDA: the eager module in channels_last, cuDNN in its deterministic mode; uint8 
     memory, non-blocking, and are normalised on the GPU (a quarter of the bytes of a float batch).
 MPS: the eager module.
 Precision: fp32 (default, exact: top-5 as torchvision's reference), bf16 (CPUs with AVX-512 BF16/AMX, CUDA),
-fp16 (CUDA, MPS). Softmax is always taken in float32.
+fp16 (CUDA, MPS). Softmax (or a one-output head's sigmoid) is always taken in float32.
 
 An image's answer depends on the image and the options only, to the last bit. Kernel libraries pick their
 algorithms by tensor shape (oneDNN computes an image in a batch of 1, 2 or 3 differently from one in a batch of
@@ -39,7 +39,12 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
 class Predictor:
     """The network on batches of (N, crop, crop, 3) uint8 CPU tensors, any N: it runs on chunks of
     `forward_batch` images, the last one padded (module docstring). `classify`, `embed` and `explain` are what
-    the tasks (tasks.py) ask of it."""
+    the tasks (tasks.py) ask of it.
+
+    A head with one output is a binary classifier trained with a sigmoid (BCEWithLogitsLoss): its logit z
+    gives two classes, 0 with probability sigmoid(-z) = 1 - sigmoid(z) and 1 (the positive class) with
+    sigmoid(z); never a softmax over one logit. An image whose logits are not all finite (NaN or infinite
+    weights, an overflow) gets NaN probabilities, which its task turns into a failure (tasks.Task.records)."""
 
     def __init__(self, module, preprocess: Preprocess, *, device: torch.device, dtype: torch.dtype) -> None:
         from . import fused
@@ -49,6 +54,7 @@ class Predictor:
         self.dtype = dtype
         self.chunk = forward_batch(device.type)
         self.feature_dim = module.fc.in_features  # the length of `embed`'s vectors
+        self.binary = module.fc.out_features == 1
         self.module = module
         if device.type == "cpu" and fused.available():
             self.forward = fused.FusedResNet(module, dtype, self.chunk, preprocess.crop)
@@ -72,6 +78,27 @@ class Predictor:
         return n, (normalize(part, self.preprocess, self.dtype).contiguous(memory_format=torch.channels_last)
                    for part in batch_u8.split(self.chunk))
 
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, classes) float32 scores, one per class: the logits, or for a one-output head (-z, z), the log-odds
+        of its two classes (what an explanation's gradient is taken of)."""
+        logits = logits.float()
+        return torch.cat([-logits, logits], dim=1) if self.binary else logits
+
+    def probabilities(self, scores: torch.Tensor, restrict: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, classes) float32 probabilities from `scores`, within `restrict` (class indices) when given:
+        softmax, or sigmoid of each log-odds for a one-output head. A row whose scores are not all finite is
+        all NaN."""
+        bad = ~torch.isfinite(scores).all(dim=1, keepdim=True)
+        if self.binary:
+            probs = torch.sigmoid(scores)
+            if restrict is not None:
+                probs = probs[:, restrict]
+                if len(restrict) < 2:
+                    probs = probs / probs.sum(dim=1, keepdim=True)
+        else:
+            probs = torch.softmax(scores if restrict is None else scores[:, restrict], dim=1)
+        return probs.masked_fill(bad, float("nan"))
+
     @torch.inference_mode()
     def classify(self, batch_u8: torch.Tensor, topk: int, restrict: tuple[int, ...] | None = None,
                  tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +111,7 @@ class Predictor:
         keep = None if restrict is None else torch.tensor(sorted(restrict), device=self.device)
 
         def probabilities(x: torch.Tensor) -> torch.Tensor:
-            logits = self.forward(x).float()
-            return torch.softmax(logits if keep is None else logits[:, keep], dim=1)
+            return self.probabilities(self.scores(self.forward(x)), keep)
 
         n, chunks = self._chunks(batch_u8)
         values, indices = [], []
@@ -139,11 +165,11 @@ class Predictor:
                 else:
                     logits = self.forward(x).float()
                     block = cam.eager_prefix(self.module, x.to(dtype).contiguous(), position)
-                probs = torch.softmax(logits.float(), dim=1)
+                probs = self.probabilities(self.scores(logits), None)
                 v, i = probs.topk(topk, dim=1)
                 t = i[:, 0] if target is None else torch.full_like(i[:, 0], target)
                 p = probs.gather(1, t[:, None])[:, 0]
-            m = cam.maps(method, lambda a: cam.eager_suffix(self.module, a, position), block, t,
+            m = cam.maps(method, lambda a: self.scores(cam.eager_suffix(self.module, a, position)), block, t,
                          self.preprocess.crop)
             for part, value in zip(parts, (v, i, t, p, m)):
                 part.append(value)

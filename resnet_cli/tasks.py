@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .errors import UsageError
+from .errors import NON_FINITE_OUTPUT, UsageError
 from .records import Embedding, Explanation, Failure, Prediction, Record, Success
 
 ALL_ENGINES = frozenset({"local", "ray"})
@@ -44,6 +44,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     engines: ClassVar[frozenset[str]] = ALL_ENGINES
+    output_name: ClassVar[str] = "output"  # what a failure calls the outputs: "embedding", ...
 
     def bind(self, num_classes: int) -> "Task":
         """This task for a model of `num_classes` classes, its defaults filled in. Raises UsageError."""
@@ -59,18 +60,26 @@ class Task(ABC):
 
     def records(self, prepared: Sequence, outputs: tuple | None, weights, labels: Sequence[str]) -> list[Record]:
         """One record per prepared input (pipeline.Prepared), in order: a failure for each that failed to
-        decode, a success from the next row of `outputs` for each other."""
+        decode, a success from the next row of `outputs` for each other; a row holding NaN or infinity (weights
+        that hold them, an overflow) is a `non_finite_output` failure, never a record JSON cannot hold."""
+        import numpy as np
+
         out: list[Record] = []
         row = 0
         for p in prepared:
             if p.error is not None:
                 out.append(Failure(p.path, p.error.kind, p.error.message))
                 continue
-            rec = self.record(p.path, tuple(o[row] for o in outputs), weights, labels)
+            values = tuple(o[row] for o in outputs)
+            row += 1
+            if not all(np.isfinite(v).all() for v in values if np.asarray(v).dtype.kind == "f"):
+                out.append(Failure(p.path, NON_FINITE_OUTPUT, f"the network's {self.output_name} holds NaN or "
+                                   "infinity: the model's weights hold such values, or its arithmetic overflowed"))
+                continue
+            rec = self.record(p.path, values, weights, labels)
             if getattr(p, "view", None) is not None and isinstance(rec, Success):
                 rec = dataclasses.replace(rec, view=p.view)
             out.append(rec)
-            row += 1
         return out
 
 
@@ -121,6 +130,7 @@ class Embed(Task):
     """The vector the classifier head receives (float32, the network's feature width: 512 or 2048)."""
 
     name: ClassVar[str] = "embed"
+    output_name: ClassVar[str] = "embedding"
 
     def compute(self, predictor, pixels) -> tuple:
         return (predictor.embed(pixels).numpy(),)

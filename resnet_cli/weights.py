@@ -280,7 +280,7 @@ def class_names(weights: Resolved) -> tuple[str, ...]:
             shape = None if fc is None else tuple(fc.shape)
         if shape is None or len(shape) != 2:
             raise UsageError(f"checkpoint {weights.name} does not fit {weights.arch.name}: it has no fc.weight head")
-        num_classes = shape[0]
+        num_classes = head_classes(shape[0])
         _check_classes(weights.name, num_classes)
     return _labels(num_classes, weights.labels_file, weights.labels)
 
@@ -320,6 +320,12 @@ def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]] | None:
     if not isinstance(shapes, dict):
         return None
     return {k: v for k, v in shapes.items() if isinstance(k, str) and isinstance(v, tuple)}
+
+
+def head_classes(outputs: int) -> int:
+    """The classes a head with `outputs` outputs answers: a one-output head is a sigmoid binary classifier,
+    two classes (0: the negative, 1: the positive; inference.Predictor); any other head, one per output."""
+    return 2 if outputs == 1 else outputs
 
 
 def head_shape(path: str) -> tuple[int, ...] | None:
@@ -457,4 +463,5 @@ def load(weights: Resolved, *, offline: bool = False, quiet: bool = False) -> Lo
     else:
         state = read_state_dict(weights.name)
     module = build_model(weights.arch, state, weights.name)
-    return LoadedModel(weights, _labels(module.fc.out_features, weights.labels_file, weights.labels), module)
+    labels = _labels(head_classes(module.fc.out_features), weights.labels_file, weights.labels)
+    return LoadedModel(weights, labels, module)

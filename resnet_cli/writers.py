@@ -89,8 +89,9 @@ def csv_value(cell: str) -> str:
 
 
 def dumps(obj) -> str:
-    """Compact JSON, UTF-8 friendly (no \\u escapes for ordinary non-ASCII), lone surrogates escaped."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+    """Compact JSON, UTF-8 friendly (no \\u escapes for ordinary non-ASCII), lone surrogates escaped. Strict
+    JSON: a NaN or an infinity raises ValueError rather than being written as JSON has no such number."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
     return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
