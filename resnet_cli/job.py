@@ -72,6 +72,13 @@ class RunOptions:
     offline: bool = False
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        """Checked and normalised as soon as built, before any weights are looked up (a typo costs nothing):
+        the enums from their names, the device's spelling and the precision rules that need no hardware."""
+        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "engine", Engine(self.engine))
+        object.__setattr__(self, "device", check_device(self.device, self.precision))
+
 
 @dataclass(frozen=True)
 class InputOptions:
@@ -100,9 +107,7 @@ def make_job(inputs: list[str], weights: Resolved, task: Task, options: RunOptio
     once by the caller (ModelOptions.resolve). Listing has not started: the engine starts it (`Listing.start`)
     when it is ready to consume. `sources`: sources listed already (evaluate's labelled images), taken in place
     of listing `inputs`. `view_size`: keep each picture for an overlay or a report (local engine)."""
-    precision, engine = Precision(options.precision), Engine(options.engine)
-    options = RunOptions(**{**vars(options), "device": check_device(options.device, precision),
-                            "precision": precision, "engine": engine})
+    engine = options.engine
     if engine.value not in task.engines:
         raise UsageError(f"{task.name} cannot run on --engine {engine.value}; it runs on --engine "
                          f"{' or '.join(sorted(task.engines))}")

@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 
 from .errors import UsageError
 from .registry import ArchSpec, Preprocess, WeightsSpec, architectures, get_arch, suggest
+from .state_dicts import MAX_CLASSES
 
 DEFAULT_ARCH = "resnet50"
 MAX_RESIZE = 2048  # pixels, the shorter side after resizing (--resize, a model's metadata)
 MAX_CROP = 1024  # pixels, the side of the square the network sees: at 1024 a resnet50 needs ~1 GB an image
-MAX_CLASSES = 1_000_000  # classes a head may have (a model's labels, a checkpoint's fc.weight)
 MAX_METADATA_BYTES = 64 << 20  # the JSON a trained model's header carries
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # preprocess.py's filters
 
@@ -75,7 +75,7 @@ def trained_metadata(path: str) -> dict | None:
 
     if not path.endswith(".safetensors"):
         return None
-    from .weights import open_safetensors
+    from .state_dicts import open_safetensors
 
     with open_safetensors(path) as f:
         raw = (f.metadata() or {}).get(METADATA_KEY)
@@ -266,7 +266,7 @@ def _resolve(arch: str | None, weights: str, resize: int | None, crop: int | Non
                              f"of that name{suggest(weights.upper(), list(a.weights))}; published: DEFAULT "
                              f"({a.default}), {', '.join(a.weights)}")
         raise UsageError(f"checkpoint {weights}: no such file")
-    from .weights import checkpoint_arch
+    from .state_dicts import checkpoint_arch
 
     fits = checkpoint_arch(weights)  # from the header's shapes; None when they fit no known architecture
     a = get_arch(arch) if arch else (fits or get_arch(DEFAULT_ARCH))

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from resnet_cli.errors import UsageError
 from resnet_cli.resolve import METADATA_KEY, resolve
-from resnet_cli.weights import class_names, read_state_dict
+from resnet_cli.state_dicts import read_state_dict
+from resnet_cli.weights import class_names
 
 MAX_PEAK_BYTES = 64 << 20  # Python allocations while one example is read: a huge claim would show here
 class_names(resolve("resnet18", "DEFAULT"))  # the registry and ImageNet's names, read once before tracing

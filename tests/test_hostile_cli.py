@@ -33,9 +33,6 @@ def no_weights(monkeypatch):
 
     for module, name in ((weights, "ensure_available"), (inference, "load_for"), (resolve, "resolve")):
         monkeypatch.setattr(module, name, boom)
-    import resnet_cli.job as job
-
-    monkeypatch.setattr(job, "resolve", boom)
 
 
 # ---- `help`, `version` and bare words: answered before any weights (issue 18, point 13) ----------------------
@@ -262,7 +259,7 @@ def test_the_stopping_line_is_printed_above_the_progress_bar_which_then_stops(mo
                 signal.raise_signal(signal.SIGINT)  # Ctrl-C while the bar is live
             yield Failure(f"img{i}.jpg", "not_found", "no such file")
 
-    job = Job(inputs=Listing([]), weights=None, quiet=False)
+    job = Job(inputs=Listing([]), weights=None, task=None)
     seen = []
     with stream_module.RecordStream(job, "classifying", failure_lines=False, stderr=io.StringIO(), total=6,
                                     records=records()) as stream:

@@ -269,14 +269,14 @@ def test_a_missing_second_model_stops_the_leaderboard_before_the_first_image(sma
     out = tmp_path / "board.json"
     res = cli("evaluate", small_data, "-a", "resnet18,resnet50", "-w", f"{checkpoint('resnet18')},DEFAULT",
               "--offline", "-o", out)
-    assert res.code == 2
+    assert res.code == 3  # weights not available (docs/output.md's exit codes)
     assert "resnet50-11ad3fa6.pth" in res.stderr  # the file to fetch
     assert "broken.jpg" not in res.stderr and not out.exists()  # no image was read, nothing written
 
 
 def test_every_missing_weights_file_is_named_at_once(small_data, cli):
     res = cli("evaluate", small_data, "-a", "resnet50,resnet101,resnet18", "--offline")
-    assert res.code == 2
+    assert res.code == 3
     for name in ("resnet50-11ad3fa6.pth", "resnet101-cd907fc2.pth", "resnet18-f37072fd.pth"):
         assert name in res.stderr
     assert "3 of the 3 models" in res.stderr and "broken.jpg" not in res.stderr

@@ -376,7 +376,7 @@ def test_a_checkpoint_that_conflicts_with_arch_names_the_arch_it_fits(checkpoint
 def test_every_registry_architecture_is_recognised_from_its_shapes():
     import torchvision
 
-    from resnet_cli.weights import infer_arch
+    from resnet_cli.state_dicts import infer_arch
 
     for name, spec in registry.architectures().items():
         with torch.device("meta"):

@@ -225,7 +225,7 @@ def test_the_head_shape_is_read_without_torch_and_without_running_code(r18, tmp_
 
     from safetensors.torch import save_file
 
-    from resnet_cli.weights import head_shape
+    from resnet_cli.state_dicts import head_shape
 
     sd = torch.load(r18, weights_only=True)
     sd["fc.weight"] = torch.zeros(7, 512)
@@ -239,7 +239,7 @@ def test_the_head_shape_is_read_without_torch_and_without_running_code(r18, tmp_
         assert head_shape(str(tmp_path / name)) == (7, 512), name
     save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "w.safetensors")
     assert head_shape(str(tmp_path / "w.safetensors")) == (7, 512)
-    code = f"import sys; from resnet_cli.weights import head_shape; head_shape({str(tmp_path / 'bare.pth')!r}); " \
+    code = f"import sys; from resnet_cli.state_dicts import head_shape; head_shape({str(tmp_path / 'bare.pth')!r}); " \
            "sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 

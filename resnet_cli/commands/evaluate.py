@@ -100,20 +100,25 @@ def command(
     if data_set.empty and not quiet:
         eprint(f"{data}: class folder(s) {', '.join(map(repr, data_set.empty))} hold no image and are not "
                "evaluated")
-    # every model resolved once, and checked before any is run
-    runs = [ModelOptions(model_arch, model_weights, resize, crop, labels).resolve() for model_arch, model_weights
-            in models]
-    _check_models(runs, data_set, offline=offline, quiet=quiet)
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, engine=engine, ray_address=ray_address, offline=offline,
                          quiet=quiet)
+    # every model resolved once, and checked before any is run
+    runs, problems = [], []
+    for model_arch, model_weights in models:
+        try:
+            runs.append(ModelOptions(model_arch, model_weights, resize, crop, labels).resolve())
+        except UsageError as exc:  # named with the others below: a leaderboard reports every model at once
+            problems.append(exc)
+    _check_models(runs, data_set, offline=offline, quiet=quiet, problems=problems)
     _check_outputs(data, data_set, runs, weights=[w for _, w in models], labels=labels, output=output,
                    predictions=predictions, confusion=confusion, report=report)
     results, code = [], 0
     pred_file = AtomicFile(predictions) if predictions else None
     try:
         for resolved in runs:
-            result, run_code = _evaluate(resolved, data_set, options, restrict=restrict, tta=tta, predictions=pred_file,
+            result, run_code = _evaluate(resolved, data_set, options, restrict=restrict, tta=tta,
+                                         predictions=pred_file,
                                          several=len(runs) > 1,
                                          report=report and _named_for(report, resolved, len(runs) > 1))
             results.append(result)
@@ -158,7 +163,8 @@ def _models(arch: str | None, weights: str) -> list[tuple[str | None, str]]:
     return [(archs[i if len(archs) > 1 else 0], weight_list[i if len(weight_list) > 1 else 0]) for i in range(n)]
 
 
-def _check_models(runs, data_set, *, offline: bool, quiet: bool) -> None:
+def _check_models(runs, data_set, *, offline: bool, quiet: bool, problems: list[UsageError] = ()
+                  ) -> None:
     """Before the first image of the first model: every model's weights are at hand (published weights cached,
     else downloaded now; a checkpoint that fits its architecture, judged from its tensors' shapes) and DATA's
     labels name its classes. One usage error lists every model that cannot run (WeightsUnavailable when
@@ -167,7 +173,8 @@ def _check_models(runs, data_set, *, offline: bool, quiet: bool) -> None:
     from ..errors import WeightsUnavailable
     from ..weights import check_checkpoint, class_names, fetch
 
-    problems: list[UsageError] = []
+    problems = list(problems)
+    total = len(runs) + len(problems)
     for resolved in runs:
         try:
             if resolved.spec is not None:
@@ -181,7 +188,7 @@ def _check_models(runs, data_set, *, offline: bool, quiet: bool) -> None:
         raise problems[0]
     if problems:
         kind = WeightsUnavailable if all(isinstance(p, WeightsUnavailable) for p in problems) else UsageError
-        raise kind(f"{len(problems)} of the {len(runs)} models cannot be evaluated; nothing was run:\n" +
+        raise kind(f"{len(problems)} of the {total} models cannot be evaluated; nothing was run:\n" +
                    "\n".join(f"- {p}" for p in problems))
 
 

@@ -90,12 +90,12 @@ def command(
     _check_out(out)
     from ..tasks import Explain
 
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
     block = cam.resolve_layer(layer, resolved.arch)
     task = Explain(method.value, block, cam.block_position(block, resolved.arch), _target(target, resolved),
                    topk)
-    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
-                         fast_decode=fast_decode, offline=offline, quiet=quiet)
     job = make_job(inputs, resolved, task, options, listing=InputOptions(recursive, null), view_size=OVERLAY_SIZE)
     raise typer.Exit(run(job, fmt, output, report=report, each=_Files(out, maps, keep=bool(report)),
                          description="explaining", title="resnet-classify explain"))

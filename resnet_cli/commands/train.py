@@ -76,6 +76,8 @@ def command(
 
     check_location("--output", output)
     fmt = choose_format(format, pipe=Format.json)
+    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights).resolve()
     train_set = labelled.read(data)
     val_set = labelled.read(val_data) if val_data else None
@@ -95,8 +97,6 @@ def command(
         val_items = list(zip(val_set.sources, val_set.labels))
     else:
         train_items, val_items = split(list(zip(train_set.sources, train_set.labels)), val, seed)
-    options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
-                         fast_decode=fast_decode, offline=offline, quiet=quiet)
     features, failures, counts, code = extract([s for s, _ in train_items + val_items], resolved, options)
     index = {c: i for i, c in enumerate(classes)}
 
