@@ -13,6 +13,7 @@ import typer
 
 from .devices import Precision
 from .job import Engine
+from .writers import Format
 
 
 InputsArg = Annotated[list[str], typer.Argument(
@@ -80,3 +81,11 @@ EngineOpt = Annotated[Engine, typer.Option(
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", metavar="ADDRESS", show_default=False,
     help="With --engine ray: the cluster's address (default: RAY_ADDRESS, else a local Ray).")]
+FormatOpt = Annotated[Optional[Format], typer.Option(
+    "--format", "-f", case_sensitive=False, show_default=False,
+    help="Default: a table on a terminal, else jsonl; with --output, by the file's extension (.json, .csv, "
+    ".txt = table, else jsonl).")]
+ReportOpt = Annotated[Optional[str], typer.Option(
+    "--report", metavar="FILE.html", show_default=False,
+    help="Also write a self-contained HTML page to browse the results: a card per input with its thumbnail "
+    "and labels, search, sort and filters.")]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_cli.commands.classify import run
+from resnet_cli.commands.stream import write_records as run
 from resnet_cli.job import InputOptions, ModelOptions, RunOptions, make_job
 from resnet_cli.tasks import Classify
 from resnet_cli.writers import Format

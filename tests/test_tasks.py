@@ -30,7 +30,7 @@ def test_every_task_is_in_the_matrix():
 
 
 def _records(job) -> list[dict]:
-    from resnet_cli.commands.classify import run
+    from resnet_cli.commands.stream import write_records as run
     from resnet_cli.writers import Format
 
     if job.task.name == "embed":

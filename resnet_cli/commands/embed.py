@@ -47,7 +47,7 @@ def command(
 ) -> None:
     """Write each image's embedding: the vector the classifier head receives (512 or 2048 numbers)."""
     from .. import embeddings
-    from .classify import check_outputs
+    from ..paths import check_outputs
 
     ext = embeddings.check_output(output)
     files = [("--output", output)] + ([("--output", embeddings.sidecar(output))] if ext == ".npy" else [])

@@ -80,14 +80,14 @@ def command(
 
     fmt = choose_format(format, output=output, pipe=Format.json, by_extension={".json": Format.json},
                         file=Format.table)
-    from ..outputs import check_location
+    from ..paths import check_location
 
     if predictions and not predictions.lower().endswith((".jsonl", ".ndjson")):
         raise UsageError(f"--predictions {predictions}: give a .jsonl file")
     if confusion:
         _check_confusion(confusion)
     if report:
-        from .classify import check_report
+        from ..paths import check_report
 
         check_report(report)
     for option, path in (("--output", output), ("--predictions", predictions), ("--confusion", confusion)):
@@ -141,7 +141,7 @@ def _check_outputs(data: str, data_set, runs, *, weights: list[str], labels: str
                    confusion, report) -> None:
     """Every file the run will write (a per-model --confusion and --report for each model) checked against the
     images, the manifest, the checkpoints and --labels, and against each other, before any image is read."""
-    from .classify import check_outputs
+    from ..paths import check_outputs
 
     several = len(runs) > 1
     files = [("--output", output), ("--predictions", predictions)]

@@ -32,7 +32,9 @@ from ..options import (ArchOpt, BatchSizeOpt, CropOpt, FastDecodeOpt, InputsArg,
                        LocalWorkersOpt, NullOpt, OfflineOpt, OutputOpt, PrecisionOpt, QuietOpt, RecursiveOpt, ResizeOpt,
                        TopkOpt, WeightsOpt)
 from ..records import Failure, Record, Success
-from .classify import FormatOpt, ReportOpt, check_output, check_outputs, check_report, run
+from ..options import FormatOpt, ReportOpt
+from ..paths import check_output, check_outputs, check_report
+from .stream import write_records
 
 
 class Method(str, enum.Enum):
@@ -97,7 +99,7 @@ def command(
     task = Explain(method.value, block, cam.block_position(block, resolved.arch), _target(target, resolved),
                    topk)
     job = make_job(inputs, resolved, task, options, listing=InputOptions(recursive, null), view_size=OVERLAY_SIZE)
-    raise typer.Exit(run(job, fmt, output, report=report, each=_Files(out, maps, keep=bool(report)),
+    raise typer.Exit(write_records(job, fmt, output, report=report, each=_Files(out, maps, keep=bool(report)),
                          description="explaining", title="resnet-classify explain"))
 
 

@@ -1,5 +1,6 @@
-"""The one loop every command runs over an engine: signals installed, a progress bar on a terminal, a stderr
-line per failure, the engine closed at the end, and the exit code decided once.
+"""The one loop every command runs over an engine (RecordStream: signals installed, a progress bar on a
+terminal, a stderr line per failure, the engine closed at the end, the exit code decided once), and the writing
+of records that classify and explain share (write_records: the format, the output file, the report).
 
     with RecordStream(job, "embedding") as stream:
         for record in stream:
@@ -12,12 +13,16 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, BinaryIO, Callable, TextIO
 
 from ..console import eprint, isatty, printable, progress_bar
 from ..job import Job
 from ..records import Failure, Record
 from ..signals import StopSignals
+from ..writers import Format, open_writer
+
+if TYPE_CHECKING:
+    from ..resume import Resume
 
 
 def failure_line(rec: Failure) -> str:
@@ -110,3 +115,69 @@ class RecordStream:
 
     def exit_code(self, failed: int) -> int:
         return int(self.signals.exit_code(failed))
+
+
+def write_records(job: Job, fmt: Format, output: str | None, previous: Resume | None = None, *, stdout: BinaryIO | None = None,
+        stderr: TextIO | None = None, report: str | None = None, each: Callable[[Record], Record] | None = None,
+        description: str = "classifying", title: str = "resnet-classify classify") -> int:
+    """Classify the job's inputs and write the records (with `previous`, what --resume keeps, each record in
+    its place); returns the exit code. The output is opened only once the engine has its first record (a usage
+    error while the model loads leaves an earlier --output as it was), and finished (renamed into place) even
+    when the run is interrupted, unless it resumes and was stopped before the kept records were confirmed
+    (resume.Resume); an unexpected error leaves an earlier file untouched. `report`: also an HTML
+    page (report.py), finished like the output. `each`: what a command does to each record before it is
+    written (explain writes the overlay); `description` names the work on the progress bar, `title` the
+    report."""
+    stdout = stdout or sys.stdout.buffer
+    stderr = stderr or sys.stderr
+    reorder = None if previous is None else (lambda records: previous.in_input_order(records, job.inputs))
+
+    color = isatty(stdout) if fmt is Format.table and not output else False
+    # A bar when results go elsewhere: results printed on the same terminal show the progress themselves, and a
+    # bar redrawn between them would garble both. A table on the terminal already shows each failure in its
+    # place, in red: the same line again on stderr, the same terminal, would only repeat it.
+    stream = RecordStream(job, description, bar=not (isatty(stdout) and not output),
+                          failure_lines=not (color and isatty(stderr)), stderr=stderr, records=reorder)
+    explain = job.task.name == "explain"  # the csv writer adds the explanation's columns
+    writer, failed, ok = None, 0, False
+    page = None
+    if report:
+        from ..report import HtmlReport
+
+        page = HtmlReport(report, title=title, subtitle=f"{job.weights.arch.name}, {job.weights.name}")
+    with stream:
+        try:
+            for rec in stream:
+                if each is not None:
+                    done = each(rec)
+                    if rec.ok and not done.ok and stream.failure_lines:  # its file could not be written
+                        stream.say(failure_line(done))
+                    rec = done
+                if writer is None:
+                    writer = open_writer(fmt, output, stdout=stdout, color=color, replace=previous is not None,
+                                         explain=explain)
+                writer.write(rec)
+                if page is not None:
+                    page.add(rec)
+                failed += not rec.ok
+            if writer is None:
+                writer = open_writer(fmt, output, stdout=stdout, color=color, replace=previous is not None,
+                                     explain=explain)
+            ok = previous is None or previous.confirmed
+        finally:
+            if writer is not None:
+                writer.close(ok=ok)
+            if page is not None:
+                page.close(ok=ok)
+        code = stream.exit_code(failed)
+    if writer.count == 0 and fmt is Format.table and not job.options.quiet:
+        eprint("no images to classify", stderr)
+    if stream.interrupted and not ok:  # even with --quiet
+        eprint(f"interrupted before a kept result could be checked against this run: {output} is left as it was",
+               stderr)
+    elif stream.interrupted:  # even with --quiet: the user must learn how to continue
+        where = f" to {output}" if output else ""
+        if output and not explain:
+            where += "; add --resume to the same command to continue"
+        eprint(f"interrupted: {writer.count} record{'s' if writer.count != 1 else ''} written{where}", stderr)
+    return code

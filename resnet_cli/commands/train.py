@@ -71,8 +71,8 @@ def command(
 
     if not output.endswith(".safetensors"):
         raise UsageError(f"-o {output}: the model is saved as a .safetensors file")
-    from ..outputs import check_location
-    from .classify import check_outputs
+    from ..paths import check_location
+    from ..paths import check_outputs
 
     check_location("--output", output)
     fmt = choose_format(format, pipe=Format.json)

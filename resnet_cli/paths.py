@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .writers import RECORD_EXTENSIONS, Format, choose_format
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -173,3 +174,32 @@ def check(inputs: Inputs, files: Iterable[tuple[str, str]] = (), *, folder: tupl
                 if out.lower().endswith(folder_extensions) and _folder_chain(out)[:1] == [here]:
                     raise UsageError(f"{out_option} {out} lies in {option} {path}, where the tool names files "
                                      "itself: give another name")
+
+
+def check_output(fmt: Format | None, output: str | None, resume: bool) -> Format:
+    """The output's format, with the rules that involve --output: checked before any work starts."""
+    if resume and not output:
+        raise UsageError("--resume needs --output FILE (the file to resume)")
+    if output:
+        check_location("--output", output)
+    return choose_format(fmt, output=output, pipe=Format.jsonl, by_extension=RECORD_EXTENSIONS)
+
+
+def check_report(report: str | None, resume: bool = False) -> None:
+    """--report: an .html file that can be created, and not with --resume (a page covers one whole run)."""
+    if not report:
+        return
+    if resume:
+        raise UsageError("--report covers one whole run; it cannot be combined with --resume")
+    if not report.lower().endswith((".html", ".htm")):
+        raise UsageError(f"--report {report}: give an .html file")
+    check_location("--report", report)
+
+
+def check_outputs(inputs: list[str], files: list[tuple[str, str | None]], *, recursive: bool = False,
+                  reads: tuple[str | None, ...] = (), folder: tuple[str, str] | None = None,
+                  folder_extensions: tuple[str, ...] = ()) -> None:
+    """No output (`files`: (option, path or None)) may be an input (`inputs`, the command line's; `reads`: other
+    files the run reads, such as --weights and --labels) or another output: outputs.check."""
+    check(Inputs.of(inputs, files=[r for r in reads if r], recursive=recursive),
+          [(option, path) for option, path in files if path], folder=folder, folder_extensions=folder_extensions)
