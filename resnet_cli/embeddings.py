@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import UsageError, first_line
 from .records import Embedding, Record
-from .writers import AtomicFile, dumps
+from .files import AtomicFile
+from .writers import dumps
 
 FORMATS = (".jsonl", ".parquet", ".npy")
 PARQUET_HINT = "pip install 'resnet-classify[cloud]'"

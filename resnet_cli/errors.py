@@ -16,6 +16,8 @@ import enum
 
 
 PROG = "resnet-classify"
+# Why nothing was fetched, in every message that says so (URL inputs, weights, `download`).
+OFFLINE_REASON = "the network is off (--offline or RESNET_CLASSIFY_OFFLINE=1)"
 
 
 class ExitCode(enum.IntEnum):

@@ -13,10 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.client
-import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from . import __version__
 from . import errors as E
+from .files import AtomicFile
 from .console import printable
 from .errors import InputError, first_line
 
@@ -304,15 +303,16 @@ def fetch_image_bytes(url: str, *, timeout: float | None = None, max_bytes: int 
 
 def download(url: str, dest: Path, *, sha256_prefix: str | None, timeout: float = 30.0,
              progress: Callable[[int, int | None], None] | None = None) -> None:
-    """Stream `url` to `dest` atomically (temporary file in the same folder, then rename), checking that the
-    SHA-256 of the body starts with `sha256_prefix` (torchvision's file-name convention) before the rename.
+    """Stream `url` to `dest` atomically (files.AtomicFile: a temporary file in the same folder, then a rename),
+    checking that the SHA-256 of the body starts with `sha256_prefix` (torchvision's file-name convention) before
+    the rename.
     `timeout` (seconds) bounds the request up to its headers, then each stretch without progress (a large
     file may take longer as a whole). Raises `NetworkError` (kind `timeout` or `download_failed`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with _Deadline(timeout) as deadline, os.fdopen(fd, "wb") as out, _open(url, deadline) as resp:
+    with AtomicFile(str(dest)) as atomic:
+        out = atomic.file
+        with _Deadline(timeout) as deadline, _open(url, deadline) as resp:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             done = 0
@@ -331,15 +331,9 @@ def download(url: str, dest: Path, *, sha256_prefix: str | None, timeout: float 
                 done += len(chunk)
                 if progress:
                     progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
         if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
             raise NetworkError(
                 E.DOWNLOAD_FAILED,
                 f"hash mismatch: expected a sha256 beginning {sha256_prefix} (the whole of what the file's name "
                 f"gives), got sha256 {digest.hexdigest()}",
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .records import View
-from .writers import AtomicFile, cut_bytes
+from .files import AtomicFile, cut_bytes
 
 STEM_BYTES = 120  # a name's stem at most, in UTF-8 bytes: with "-N", ".png" and a temporary name's 14 bytes, far
 # under the 255 bytes file systems allow

@@ -69,7 +69,7 @@ def check_location(option: str, path: str) -> None:
     if not os.path.isdir(folder):
         what = "is not a folder" if os.path.exists(folder) else "does not exist"
         raise UsageError(f"{option} {path}: folder {folder} {what}")
-    from .writers import name_max
+    from .files import name_max
 
     if len(os.path.basename(path).encode("utf-8", "surrogateescape")) > name_max(folder):
         raise UsageError(f"{option} {path}: the name is longer than the file system allows "

@@ -66,12 +66,13 @@ class FeatureCache:
             return None
 
     def put(self, digest: str, vector: np.ndarray) -> None:
+        """Cache `vector` (float32) for the image whose content has SHA-256 `digest`, atomically."""
+        from .files import AtomicFile
+
         target = self._file(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(vector, np.float32))
-        os.replace(tmp, target)
+        with AtomicFile(str(target)) as atomic:
+            np.save(atomic.file, np.ascontiguousarray(vector, np.float32))
 
 
 def fit(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:

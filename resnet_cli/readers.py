@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import cloud, net
-from .errors import DOWNLOAD_FAILED, InputError
+from .errors import DOWNLOAD_FAILED, OFFLINE_REASON, InputError
 
 HTTP, CLOUD, LOCAL = "http", "cloud", "local"
-OFFLINE_REASON = "not fetched: the network is off (--offline)"
 
 
 def scheme(path: str) -> str:
@@ -37,7 +36,7 @@ class Network:
         return not self.offline or scheme(path) == LOCAL
 
     def refusal(self) -> InputError:
-        return InputError(DOWNLOAD_FAILED, OFFLINE_REASON)
+        return InputError(DOWNLOAD_FAILED, f"not fetched: {OFFLINE_REASON}")
 
     def read(self, path: str) -> bytes | None:
         """The bytes of a network input (raising InputError when they cannot be had), or None for a local path,

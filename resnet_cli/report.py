@@ -32,7 +32,7 @@ import tempfile
 
 from .console import printable
 from .records import Failure, Record, Success
-from .writers import AtomicFile
+from .files import AtomicFile
 
 THUMB = 256  # longest side of a thumbnail (and the size of the picture decoders keep for a report)
 QUALITY = 75  # JPEG quality of thumbnails

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from . import net
 from .console import progress_bar
-from .errors import PROG, UsageError, WeightsUnavailable
+from .errors import OFFLINE_REASON, PROG, UsageError, WeightsUnavailable
 from .registry import ArchSpec, WeightsSpec, categories
 from .resolve import Resolved
 from .state_dicts import (MAX_CLASSES, checkpoint_shapes, head_classes, head_shape, infer_arch,
                           read_state_dict)
 
 OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
-OFFLINE_REASON = "the network is off (--offline or RESNET_CLASSIFY_OFFLINE)"
 
 
 def offline_from_env() -> bool:

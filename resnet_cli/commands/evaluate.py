@@ -76,7 +76,7 @@ def command(
 ) -> None:
     """Measure accuracy on labelled images: top-1/top-5, per-class precision/recall/F1, confusion matrix."""
     from .. import labelled
-    from ..writers import AtomicFile
+    from ..files import AtomicFile
 
     fmt = choose_format(format, output=output, pipe=Format.json, by_extension={".json": Format.json},
                         file=Format.table)
@@ -297,7 +297,8 @@ def _public(result: dict) -> dict:
 
 
 def _print(results: list[dict], fmt: Format, output: str | None) -> None:
-    from ..writers import AtomicFile, dumps
+    from ..files import AtomicFile
+    from ..writers import dumps
 
     if fmt is Format.json:
         doc = _public(results[0]) if len(results) == 1 else [_public(r) for r in results]
@@ -417,7 +418,8 @@ def _named_for(path: str, resolved, several: bool) -> str:
 
 
 def _write_confusion(path: str, result: dict) -> None:
-    from ..writers import AtomicFile, csv_cell
+    from ..files import AtomicFile
+    from ..writers import csv_cell
 
     labels, matrix = result["confusion"]["labels"], result["confusion"]["matrix"]
     atomic = AtomicFile(path)

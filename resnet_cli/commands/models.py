@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..console import print_data
-from ..errors import UsageError
+from ..errors import OFFLINE_REASON, UsageError
 from ..options import QuietOpt
 from ..registry import WeightsSpec, architectures, get_arch
 from ..resolve import published
@@ -96,7 +96,7 @@ def print_models_table(console) -> None:
 def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False) -> Iterator[str]:
     """Fetch weights into the hub cache; yields one line per file: its path, and whether it was there."""
     if offline_from_env():
-        raise UsageError("download: the network is off (RESNET_CLASSIFY_OFFLINE is set)")
+        raise UsageError(f"download: {OFFLINE_REASON}")
     archs = list(architectures().values()) if arch.lower() == "all" else [get_arch(arch)]
     for a in archs:
         specs = list(a.weights.values()) if weights.lower() == "all" else [published(a, weights)]

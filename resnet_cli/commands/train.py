@@ -220,7 +220,7 @@ def save(path: str, resolved, classes: list[str], w, b, *, offline: bool, quiet:
     meta = {"arch": resolved.arch.name, "base_weights": resolved.name, "labels": classes,
             "preprocess": {"resize": pre.resize, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),
                            "interpolation": pre.interpolation}}
-    from ..writers import AtomicFile
+    from ..files import AtomicFile
 
     atomic = AtomicFile(path)  # the permissions of any new file (0666 less the umask), as every output
     try:
