@@ -4,7 +4,7 @@ Measures the three things cam.py's module docstring claims for implementing the 
 depending on pytorch-grad-cam, on this machine:
 
 1. import: seconds `import pytorch_grad_cam` adds to a process that has already imported torch, against
-   `import resnet_cli.cam` (fresh process per run, the import timed inside it with perf_counter; the whole
+   `import resnet_cli.models.cam` (fresh process per run, the import timed inside it with perf_counter; the whole
    process's wall clock beside it), median of --runs runs after one discarded round, interleaved. Also the
    packages the import brings into sys.modules, and the size on disk of the distributions grad-cam installs
    that the project's own runtime does not need (sizes from each distribution's RECORD).
@@ -93,10 +93,10 @@ def photo_batch(n: int, offset: int = 0):
 def ours(arch: str):
     import torch
 
-    from resnet_cli import cam
-    from resnet_cli.inference import Predictor
-    from resnet_cli.resolve import resolve
-    from resnet_cli.weights import load
+    from resnet_cli.models import cam
+    from resnet_cli.models.inference import Predictor
+    from resnet_cli.models.resolve import resolve
+    from resnet_cli.models.weights import load
 
     r = resolve(arch, str(checkpoint(arch)), None, None)
     loaded = load(r)
@@ -330,7 +330,7 @@ def med(xs: list[float]) -> float:
 
 
 def section_import(runs: int) -> None:
-    variants = {"torch alone": "", "+ pytorch_grad_cam": "pytorch_grad_cam", "+ resnet_cli.cam": "resnet_cli.cam"}
+    variants = {"torch alone": "", "+ pytorch_grad_cam": "pytorch_grad_cam", "+ resnet_cli.models.cam": "resnet_cli.models.cam"}
     data: dict[str, list[dict]] = {k: [] for k in variants}
     for r in range(runs + 1):  # round 0 warms the page cache and is discarded
         for k, what in variants.items():
@@ -349,7 +349,7 @@ def section_import(runs: int) -> None:
         rss = f"{med([x['rss'][0] for x in d]):.0f} / {med([x['rss'][1] for x in d]):.0f}"
         print(f"   {k:22} {med([x['torch'] for x in d]):14.3f} {extra:14.3f} {wall:14.3f} {wall - base_wall:+19.3f}"
               f" {len(d[0]['new']):11d} {rss:>19}   extra s range {spread}")
-    for k in ("+ pytorch_grad_cam", "+ resnet_cli.cam"):
+    for k in ("+ pytorch_grad_cam", "+ resnet_cli.models.cam"):
         new = data[k][0]["new"]
         tops = sorted({m.split(".")[0] for m in new})
         heavy = [h for h in HEAVY if h in tops]

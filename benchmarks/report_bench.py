@@ -3,7 +3,7 @@ search and a sort take, and the frame times while scrolling.
 
     .venv/bin/python benchmarks/report_bench.py [--cards 10000] [--runs 3]
 
-The page is written by the report writer itself (resnet_cli.report.HtmlReport) from records with real
+The page is written by the report writer itself (resnet_cli.outputs.report.HtmlReport) from records with real
 thumbnails: the sample photos, each input a different crop, flip and tint of one of them, so no two thumbnails
 are the same bytes; every 50th input is a failure. Only the network is left out (10,000 images through it
 would measure classify, not the page). Chromium is the system's (`chromium`), driven by Playwright.
@@ -25,8 +25,8 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from resnet_cli.records import Failure, Prediction, Success, View  # noqa: E402
-from resnet_cli.report import THUMB, HtmlReport  # noqa: E402
+from resnet_cli.core.records import Failure, Prediction, Success, View  # noqa: E402
+from resnet_cli.outputs.report import THUMB, HtmlReport  # noqa: E402
 
 
 def records(n: int):

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import InputError, ResnetCliError, UsageError, WeightsUnavailable
-
-__version__ = "0.1.0"
+from .core import __version__
+from .core.errors import InputError, ResnetCliError, UsageError, WeightsUnavailable
 
 __all__ = ["Classifier", "InputError", "ResnetCliError", "UsageError", "WeightsUnavailable", "classify", "embed"]
 

@@ -20,10 +20,10 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union
 
-from .devices import Precision
-from .errors import UsageError
-from .job import Engine, InputOptions, Job, ModelOptions, RunOptions, make_job
-from .tasks import Classify, Embed, Task
+from .models.devices import Precision
+from .core.errors import UsageError
+from .run.job import Engine, InputOptions, Job, ModelOptions, RunOptions, make_job
+from .run.tasks import Classify, Embed, Task
 
 __all__ = ["Classifier", "build_job", "classify", "embed"]
 
@@ -85,7 +85,7 @@ def _groups(function: str, arch: str | None, weights: str, options: dict, allowe
 def _dicts(job: Job, each=None) -> Iterator[dict]:
     """The job's records as dicts, streamed; closing the generator stops the engine and lets go of its
     threads."""
-    from . import engines
+    from .run import engines
 
     stop = threading.Event()
     records = engines.records(job, stop)
@@ -163,7 +163,7 @@ class Classifier:
     def __init__(self, arch: str | None = None, weights: str = "DEFAULT", *, topk: int | None = None,
                  device: str = "auto", precision: str = "fp32", labels: str | None = None,
                  resize: int | None = None, crop: int | None = None, offline: bool = False) -> None:
-        from .inference import Predictor, load_for
+        from .models.inference import Predictor, load_for
 
         model, run, _ = _groups("Classifier", arch, weights, {
             "device": device, "precision": precision, "labels": labels, "resize": resize, "crop": crop,
@@ -217,7 +217,7 @@ class Classifier:
         return [(r.normalized() if normalize and r.ok else r).to_dict() for r in records]
 
     def _run(self, task: Task, images, dicts: bool = True) -> list:
-        from .pipeline import stack
+        from .run.pipeline import stack
 
         prepared = list(self._prepare(images))
         records = []
@@ -235,10 +235,10 @@ class Classifier:
         """pipeline.Prepared for each image, in order."""
         from PIL import Image as PILImage
 
-        from .images import in_memory
-        from .pipeline import Prepared, prepare
-        from .preprocess import resize_and_crop
-        from .sources import Source
+        from .inputs.images import in_memory
+        from .run.pipeline import Prepared, prepare
+        from .models.preprocess import resize_and_crop
+        from .inputs.sources import Source
 
         if isinstance(images, (str, os.PathLike, PILImage.Image)) or _is_array(images):
             images = [images]

@@ -83,3 +83,25 @@ def cli():
         return Result(code, out.getvalue(), err.getvalue().decode("utf-8", "replace"))
 
     return invoke
+
+
+@pytest.fixture
+def patched_url(monkeypatch):
+    """Point resnet18's IMAGENET1K_V1 at another URL and hash (a server on this machine)."""
+    import copy
+    import json
+    from importlib import resources
+
+    from resnet_cli.models import registry
+
+    data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
+
+    def patch(url: str, sha_prefix: str) -> None:
+        d = copy.deepcopy(data)
+        w = d["architectures"]["resnet18"]["weights"]["IMAGENET1K_V1"]
+        w["url"], w["sha256_prefix"] = url, sha_prefix
+        monkeypatch.setattr(registry, "_data", lambda: d)
+        registry.architectures.cache_clear()
+
+    yield patch
+    registry.architectures.cache_clear()

@@ -16,7 +16,7 @@ from PIL import Image
 
 import resnet_cli
 from checkpoints import PHOTOS, ROOT
-from resnet_cli.writers import dumps
+from resnet_cli.outputs.writers import dumps
 
 DOCS_PYTHON = ROOT / "docs" / "python.md"
 
@@ -115,8 +115,8 @@ def test_a_classifier_on_paths_and_on_pil_images_gives_the_cli_records(cli, clas
 
 
 def test_a_classifier_on_uint8_pixels_equals_it_on_the_pil_image(classifier):
-    from resnet_cli.images import in_memory
-    from resnet_cli.preprocess import resize_and_crop
+    from resnet_cli.inputs.images import in_memory
+    from resnet_cli.models.preprocess import resize_and_crop
 
     _, clf = classifier
     pils = [Image.open(p) for p in PHOTOS[:3]]
@@ -187,7 +187,7 @@ def test_import_resnet_cli_imports_no_torch_until_a_model_is_needed():
     code = ("import sys, resnet_cli\n"
             "resnet_cli.classify, resnet_cli.embed, resnet_cli.Classifier, resnet_cli.UsageError\n"
             "print('torch' in sys.modules, 'PIL' in sys.modules)\n"
-            "import resnet_cli.inference\n"
+            "import resnet_cli.models.inference\n"
             "print('torch' in sys.modules)\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -1,5 +1,6 @@
-"""The package's layout promises: no import cycle (at module level or inside functions), a thin cli.py, and
-every engine reached through the one interface."""
+"""The package's layout promises: layers as folders with no import from a lower layer to a higher one, no import
+cycle (at module level or inside functions), a thin command line, and every engine reached through the one
+interface."""
 
 from __future__ import annotations
 
@@ -78,13 +79,43 @@ def test_cli_only_declares_the_command_line():
     """cli.py imports no engine, job or model code: it registers commands/, maps errors to exit codes and
     escapes what it prints (console.printable)."""
     imported = import_graph()["resnet_cli.cli"]
-    assert imported <= {"resnet_cli", "resnet_cli.commands", "resnet_cli.errors", "resnet_cli.console"}, imported
+    allowed = {"resnet_cli", "resnet_cli.cli.commands", "resnet_cli.core.errors", "resnet_cli.core.console"}
+    assert imported <= allowed, imported
 
 
 def test_engines_share_one_entry_point_and_import_no_command():
     graph = import_graph()
-    for engine in ("resnet_cli.engines.local", "resnet_cli.engines.ray"):
-        tree = ast.parse((PACKAGE / "engines" / f"{engine.rsplit('.', 1)[1]}.py").read_text(encoding="utf-8"))
+    for engine in ("resnet_cli.run.engines.local", "resnet_cli.run.engines.ray"):
+        tree = ast.parse((PACKAGE / "run" / "engines" / f"{engine.rsplit('.', 1)[1]}.py").read_text(encoding="utf-8"))
         functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert [a.arg for a in functions["records"].args.args] == ["job", "stop"], engine
-        assert not any(t.startswith("resnet_cli.commands") for t in graph[engine]), engine
+        assert not any(t.startswith("resnet_cli.cli.commands") for t in graph[engine]), engine
+
+
+# The layers, lowest first: a module may import its own layer and the ones below it, never one above
+# (docs/development.md draws them). The package's face (resnet_cli/__init__.py, api.py, __main__.py) sits
+# between the library and the command line.
+LAYERS = ["core", "inputs", "models", "run", "outputs", "analysis", "api", "cli"]
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in ("__init__", "api", "__main__"):
+        return "api" if parts[-1] != "__main__" else "cli"
+    return parts[1]
+
+
+def test_every_module_sits_in_a_layer_folder():
+    stray = [m for m in import_graph() if layer_of(m) not in LAYERS]
+    assert not stray, f"modules outside the layer folders {LAYERS}: {stray}"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    upward = [(m, t) for m, targets in import_graph().items() for t in targets
+              if LAYERS.index(layer_of(t)) > LAYERS.index(layer_of(m))]
+    assert not upward, "imports that run back up: " + ", ".join(f"{m} -> {t}" for m, t in upward)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert LAYERS.index(layer_of("resnet_cli.cli.commands.classify")) > LAYERS.index(layer_of("resnet_cli.core.errors"))
+    assert layer_of("resnet_cli.run.engines.ray") == "run" and layer_of("resnet_cli") == "api"

@@ -1,7 +1,7 @@
 """Regenerate resnet_cli/data/registry.json from the installed torchvision (and timm, for the WordNet ids).
 
 The registry is data in the project so that the classify path never imports torchvision (3.7 s with torch).
-tests/test_registry.py proves the file equals torchvision's weights enums field by field; run this script
+tests/models/test_registry.py proves the file equals torchvision's weights enums field by field; run this script
 only when torchvision publishes new weights, then re-run that test:
 
     python tools/gen_registry.py

@@ -1,0 +1,1 @@
+"""What commands compute from records: labelled data, evaluation metrics, the linear probe."""

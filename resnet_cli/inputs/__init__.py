@@ -1,0 +1,2 @@
+"""Where images come from: sources (files, folders, globs, stdin, URLs, s3://), reading by scheme,
+decoding."""
