@@ -56,3 +56,19 @@ def test_evaluate_with_tta_scores_the_averaged_predictions(checkpoint, cli, tmp_
     res = cli("evaluate", str(tmp_path / "data"), "-a", "resnet18", "-w", ckpt, "--tta", "-f", "json")
     assert res.code == 0, res.stderr
     assert json.loads(res.text)["top1"] == 1.0
+
+
+def test_a_tta_file_resumes_only_with_tta(checkpoint, cli, tmp_path):
+    """Resume checks a kept record by computing it again: a --tta file cannot be continued without --tta (the
+    two kinds of record never mix in one file), and continues byte for byte with it."""
+    ckpt = str(checkpoint("resnet18"))
+    photos = [str(p) for p in PHOTOS[:3]]
+    out = tmp_path / "tta.jsonl"
+    assert cli(*photos, "-a", "resnet18", "-w", ckpt, "--tta", "-o", out).code == 0
+    whole = out.read_bytes()
+    out.write_bytes(b"".join(whole.splitlines(keepends=True)[:1]))  # as if stopped after the first record
+    partial = out.read_bytes()
+    refused = cli(*photos, "-a", "resnet18", "-w", ckpt, "-o", out, "--resume")
+    assert refused.code == 2 and out.read_bytes() == partial
+    assert cli(*photos, "-a", "resnet18", "-w", ckpt, "--tta", "-o", out, "--resume").code == 0
+    assert out.read_bytes() == whole

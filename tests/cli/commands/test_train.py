@@ -137,3 +137,13 @@ def test_the_split_is_stratified_and_seeded():
     assert sum(1 for _, c in val if c == "a") == 3 and sum(1 for _, c in val if c == "b") == 1
     assert all(c != "c" for _, c in val)  # a single image stays in training
     assert (train, val) == split(items, 0.3, seed=1) and (train, val) != split(items, 0.3, seed=2)
+
+
+def test_epochs_is_a_deprecated_name_of_max_iter(cli, tmp_path):
+    """--epochs was L-BFGS's iteration cap under a misleading name: still accepted, with a note saying what it is;
+    the help shows --max-iter only."""
+    res = cli("train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"), "--epochs", "5")
+    assert "--epochs is deprecated: it is --max-iter" in res.stderr
+    assert res.code == 2  # then the empty folder is refused as usual: the option itself was taken
+    help_text = cli("train", "--help").text
+    assert "--max-iter" in help_text and "--epochs" not in help_text
