@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from .core import __version__
+from .core import __version__ as __version__
 from .core.errors import InputError, ResnetCliError, UsageError, WeightsUnavailable
 
 __all__ = ["Classifier", "InputError", "ResnetCliError", "UsageError", "WeightsUnavailable", "classify", "embed"]

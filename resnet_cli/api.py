@@ -20,9 +20,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union
 
-from .models.devices import Precision
 from .core.errors import UsageError
-from .run.job import Engine, InputOptions, Job, ModelOptions, RunOptions, make_job
+from .run.job import InputOptions, Job, ModelOptions, RunOptions, make_job
 from .run.tasks import Classify, Embed, Task
 
 __all__ = ["Classifier", "build_job", "classify", "embed"]
@@ -48,13 +47,6 @@ def _positive(name: str, value: Any) -> None:
         raise UsageError(f"{name} must be a positive integer, not {value!r}")
 
 
-def _choice(kind: type, name: str, value: Any):
-    try:
-        return kind(value)
-    except ValueError:
-        raise UsageError(f"unknown {name} {value!r}; use {', '.join(m.value for m in kind)}") from None
-
-
 def _inputs(inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]) -> list[str]:
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -76,9 +68,7 @@ def _groups(function: str, arch: str | None, weights: str, options: dict, allowe
         _positive(name, options.get(name))
     model = ModelOptions(arch, os.fspath(weights), options.get("resize"), options.get("crop"),
                          None if options.get("labels") is None else os.fspath(options["labels"]))
-    run = RunOptions(**{k: options[k] for k in RUN_OPTIONS if k in options})
-    run = RunOptions(**{**vars(run), "precision": _choice(Precision, "precision", run.precision),
-                        "engine": _choice(Engine, "engine", run.engine)})
+    run = RunOptions(**{k: options[k] for k in RUN_OPTIONS if k in options})  # checks its values itself
     return model, run, InputOptions(recursive=bool(options.get("recursive", False)))
 
 

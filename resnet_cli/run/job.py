@@ -75,8 +75,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         """Checked and normalised as soon as built, before any weights are looked up (a typo costs nothing):
         the enums from their names, the device's spelling and the precision rules that need no hardware."""
-        object.__setattr__(self, "precision", Precision(self.precision))
-        object.__setattr__(self, "engine", Engine(self.engine))
+        object.__setattr__(self, "precision", _member(Precision, "--precision", self.precision))
+        object.__setattr__(self, "engine", _member(Engine, "--engine", self.engine))
         object.__setattr__(self, "device", check_device(self.device, self.precision))
 
 
@@ -86,6 +86,14 @@ class InputOptions:
 
     recursive: bool = False
     null_separated: bool = False  # paths on stdin are NUL-separated
+
+
+def _member(kind: type[enum.Enum], option: str, value):
+    """The member of `kind` named `value`, or a UsageError in the command line's words."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"{option} {value}: use {', '.join(m.value for m in kind)}") from None
 
 
 @dataclass(frozen=True)
