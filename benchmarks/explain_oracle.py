@@ -1,4 +1,4 @@
-"""explain's own class activation maps (resnet_cli/cam.py) against the `grad-cam` package, the tests' oracle.
+"""explain's own class activation maps (resnet_cli/models/cam.py) against the `grad-cam` package, the tests' oracle.
 
 Measures the three things cam.py's module docstring claims for implementing the methods here rather than
 depending on pytorch-grad-cam, on this machine:
