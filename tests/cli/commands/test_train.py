@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import numpy as np
 import pytest
@@ -72,9 +71,7 @@ def test_train_matches_scikit_learn_and_the_model_classifies_by_itself(dataset, 
     model = tmp_path / "mine.safetensors"
     args = ("train", dataset / "train", "--val-data", dataset / "val", "-a", "resnet18", "-w", ckpt, "-o", model,
             "-f", "json")
-    t0 = time.perf_counter()
     first = cli(*args)
-    first_s = time.perf_counter() - t0
     assert first.code == 1, first.stderr  # broken.jpg could not be read
     report = json.loads(first.stdout)
     assert report["classes"] == sorted(c.replace(" ", "_") for c in CLASSES)
@@ -91,13 +88,11 @@ def test_train_matches_scikit_learn_and_the_model_classifies_by_itself(dataset, 
     sk_val = sk.score(torchvision_features(ckpt, val_paths), val_labels)
     assert report["val"]["accuracy"] >= sk_val - 0.05, (report["val"]["accuracy"], sk_val)
 
-    # a second run with other settings reads every feature from the cache
-    t0 = time.perf_counter()
+    # a second run with other settings reads every feature from the cache (the counts say so; how much sooner it
+    # ends is the benchmark's to measure, not a test's)
     second = cli(*args[:-2], "--max-iter", "50", "-f", "json")
-    second_s = time.perf_counter() - t0
     again = json.loads(second.stdout)
     assert again["features"] == {"cached": 48, "extracted": 0, "failed": 1}  # only the unreadable file is tried again
-    assert second_s < first_s
     # deterministic: the same data and options give the same file, to the byte
     twin = tmp_path / "twin.safetensors"
     assert cli(*args[:-4], "-o", twin, "-f", "json").code == 1
