@@ -11,6 +11,10 @@ the table shows medians, ratios of medians, and each configuration's peak RSS. N
     python benchmarks/bench.py --memory             # peak RSS: 100 against 10,000 images
     python benchmarks/bench.py --memory-explain     # explain's peak RSS: 100 against 1,000 images
     python benchmarks/bench.py --only ours --baseline ../old-checkout   # this code against another checkout
+    python benchmarks/bench.py --sets imagenet --configs seeds,ours,baseline --baseline ../old   # just these
+
+Each run also records its CPU seconds and the CPU seconds the rest of the machine took meanwhile (/proc/stat);
+a run during which others used more than 5% of a core is DISTURBED and run again (--retries, default 2).
 """
 
 from __future__ import annotations
@@ -35,18 +39,40 @@ PY = sys.executable
 CLI = str(Path(PY).parent / "resnet-classify")
 
 
-def run(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one whole process."""
+def busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot (every core; steal included: a VM neighbour's)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float, float, float | None]:
+    """Wall seconds, peak RSS (MB), CPU seconds of one whole process, and the CPU seconds everything else on
+    the machine took meanwhile (None where /proc/stat is missing): the measure of a disturbed run."""
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child can never block on it
+        busy0 = busy_s() if os.path.exists("/proc/stat") else None
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=err, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy1 = busy_s() if busy0 is not None else None
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    others = None if busy0 is None else max(0.0, busy1 - busy0 - cpu)
+    return wall, usage.ru_maxrss / 1024, cpu, others
+
+
+def run(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one whole process."""
+    return run_measured(cmd, stdout)[:2]
+
+
+# A run during which the rest of the machine used more than this share of one core is disturbed: on a shared
+# 2-core machine one busy neighbour slows a two-threaded model (and the seeds' loop far more) by 2-10x.
+DISTURBED = 0.05
 
 
 def prepare(work: Path, sets: list[str]) -> dict:
@@ -80,7 +106,8 @@ def cli_of(checkout: str | None) -> list[str]:
     return [PY, "-c", code]
 
 
-def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[str]]:
+def configs(setname: str, env: dict, only: set[str] | None, exact: set[str] | None = None
+            ) -> dict[str, list[str]]:
     folder, ckpt, onnx = str(env["folders"][setname]), env["ckpt"], env["onnx"]
     ours = [CLI, folder, "-a", "resnet50", "-w", ckpt, "-q", "-f", "jsonl"]
     baseline = env.get("baseline")
@@ -115,22 +142,34 @@ def configs(setname: str, env: dict, only: set[str] | None) -> dict[str, list[st
         out.pop("openvino")
         out.pop("ours --precision bf16")
         out.pop("baseline --precision bf16", None)
+    if exact is not None:  # --configs: these configurations and no others
+        return {k: v for k, v in out.items() if k in exact}
     # --only ours keeps the baseline too: it is there to be compared with ours
     return {k: v for k, v in out.items()
             if only is None or k.split()[0] in only or k in only or (k.startswith("baseline") and "ours" in only)}
 
 
-def bench_set(setname: str, env: dict, runs: int, only) -> list[dict]:
+def bench_set(setname: str, env: dict, runs: int, only, retries: int = 2, exact=None) -> list[dict]:
     n = len(list(Path(env["folders"][setname]).glob("*.jpg")))
-    cfgs = configs(setname, env, only)
+    cfgs = configs(setname, env, only, exact)
     times: dict[str, list[float]] = {k: [] for k in cfgs}
+    cpus: dict[str, list[float]] = {k: [] for k in cfgs}
+    others: dict[str, list[float | None]] = {k: [] for k in cfgs}
     rss: dict[str, float] = {}
     for r in range(runs):
         for name, cmd in cfgs.items():
-            wall, peak = run(cmd)
+            for _ in range(1 + retries):  # a disturbed run is run again, in its place in the round
+                wall, peak, cpu, other = run_measured(cmd)
+                disturbed = other is not None and other > DISTURBED * wall
+                print(f"  [{setname} run {r + 1}/{runs}] {name:24s} {wall:7.2f} s  cpu {cpu:6.2f} s  others "
+                      f"{'?' if other is None else f'{other:5.2f}'} s{'  DISTURBED' if disturbed else ''}",
+                      file=sys.stderr, flush=True)
+                if not disturbed:
+                    break
             times[name].append(wall)
+            cpus[name].append(cpu)
+            others[name].append(other)
             rss[name] = max(rss.get(name, 0), peak)
-            print(f"  [{setname} run {r + 1}/{runs}] {name:24s} {wall:7.2f} s", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     for name in cfgs:
@@ -140,7 +179,11 @@ def bench_set(setname: str, env: dict, runs: int, only) -> list[dict]:
                      "vs_onnxruntime": round(med["onnxruntime"] / med[name], 2) if "onnxruntime" in med else None,
                      "vs_openvino": round(med["openvino"] / med[name], 2) if "openvino" in med else None,
                      "vs_baseline": round(med["baseline"] / med[name], 2) if "baseline" in med else None,
-                     "peak_rss_mb": round(rss[name])})
+                     "peak_rss_mb": round(rss[name]), "cpu_s": round(statistics.median(cpus[name]), 2),
+                     "cpu_runs_s": [round(c, 2) for c in cpus[name]],
+                     "others_cpu_s": [None if o is None else round(o, 2) for o in others[name]],
+                     "disturbed_runs": sum(o is not None and o > DISTURBED * t for o, t in zip(others[name],
+                                                                                               times[name]))})
     return rows
 
 
@@ -235,6 +278,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sets", default="imagenet,12mp")
     ap.add_argument("--only", default=None, help="comma-separated: seeds,onnxruntime,openvino,ours")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated exact configuration names (e.g. 'seeds,ours,baseline'); overrides --only")
     ap.add_argument("--work", default=str(ROOT / "bench-out"), help="where images, checkpoint and ONNX go")
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--agreement", action="store_true", help="only measure bf16 / fast-decode agreement")
@@ -242,6 +287,8 @@ def main() -> None:
     ap.add_argument("--memory-explain", action="store_true",
                     help="only measure explain's peak RSS, 100 vs 1,000 images")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="run a configuration again (at most this often) when the rest of the machine was busy")
     ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
                     help="also run the resnet-classify of another checkout (a git worktree of an older commit)")
     args = ap.parse_args()
@@ -258,7 +305,8 @@ def main() -> None:
         results["agreement"] = agreement(env)
     else:
         only = set(args.only.split(",")) if args.only else None
-        results["rows"] = [row for s in sets for row in bench_set(s, env, args.runs, only)]
+        results["rows"] = [row for s in sets for row in bench_set(s, env, args.runs, only, args.retries,
+                                                  set(args.configs.split(',')) if args.configs else None)]
         if not args.no_cold:
             results["rows"] += bench_cold(env, max(5, args.runs))
     for key in ("rows", "agreement"):
