@@ -19,7 +19,6 @@ import stat
 import warnings
 from typing import BinaryIO
 
-import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ..core import errors as E
@@ -129,6 +128,8 @@ def _grey_to_8bit(img: Image.Image) -> Image.Image:
     docs/output.md: I;16* as v >> 8; F within [0, 1] as round(v * 255), other F truncated to integers and read
     as I; I up to 255 as is, up to 65535 as v >> 8, beyond as v >> (bits of the largest value - 8). Raises
     `InputError` (unsupported_format) for negative, NaN or infinite values: no display range fits them."""
+    import numpy as np  # only for these rare modes: the decode threads start before torch and numpy are imported
+
     a = np.asarray(img)
     if img.mode in _GREY16:
         return Image.fromarray((a >> 8).astype(np.uint8), "L")
