@@ -88,11 +88,13 @@ def _dicts(job: Job, each=None) -> Iterator[dict]:
 
 
 def classify(inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], *, arch: str | None = None,
-             weights: str = "DEFAULT", topk: int | None = None, **options: Any) -> Iterator[dict]:
+             weights: str = "DEFAULT", topk: int | None = None, tta: bool = False,
+             **options: Any) -> Iterator[dict]:
     """Classify `inputs` as `resnet-classify classify` does: files, folders (`recursive=True` descends), globs,
     http(s):// URLs, s3:// and gs:// objects; a str is one input. Yields, in input order, one dict per input:
     exactly what `--format jsonl` writes on that input's line (`{"path", "arch", "weights", "preprocess",
-    "topk"}`, or a failure `{"path", "error": {"type", "message"}}`; docs/output.md).
+    "topk"}`, or a failure `{"path", "error": {"type", "message"}}`; docs/output.md). `tta`: as `--tta`, the
+    mean of the probabilities of each image and its mirror image.
 
     `options`, by their command-line names: resize, crop, labels, device ("auto", "cpu", "cuda", "cuda:N",
     "mps"), precision ("fp32", "bf16", "fp16"), batch_size, workers, fast_decode, engine ("local", "ray"),
@@ -105,7 +107,7 @@ def classify(inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]],
     threads. `-` (paths from stdin) is refused: pass the paths."""
     model, run, listing = _groups("classify", arch, weights, options, MODEL_OPTIONS + RUN_OPTIONS + LISTING_OPTIONS)
     _positive("topk", topk)
-    return _dicts(build_job(_inputs(inputs), Classify(topk), model, run, listing=listing))
+    return _dicts(build_job(_inputs(inputs), Classify(topk, tta=bool(tta)), model, run, listing=listing))
 
 
 def embed(inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], *, arch: str | None = None,

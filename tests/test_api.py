@@ -211,3 +211,15 @@ def test_the_python_docs_examples_run(checkpoint, photos_dir, tmp_path, monkeypa
             exec(compile(block, f"{DOCS_PYTHON.name} block {i + 1}", "exec"), namespace)
         except Exception as exc:
             raise AssertionError(f"docs/python.md, python block {i + 1} fails: {exc!r}\n{block}") from exc
+
+
+def test_classify_takes_tta_as_the_command_line_does(checkpoint, cli):
+    """`tta=True` is `--tta`: the same records, to the byte."""
+    import resnet_cli
+    from resnet_cli.outputs.writers import dumps
+
+    ckpt = str(checkpoint("resnet18"))
+    photos = [str(p) for p in PHOTOS[:2]]
+    api = [dumps(r) for r in resnet_cli.classify(photos, arch="resnet18", weights=ckpt, tta=True)]
+    assert api == cli(*photos, "-a", "resnet18", "-w", ckpt, "--tta", "-f", "jsonl").text.splitlines()
+    assert api != [dumps(r) for r in resnet_cli.classify(photos, arch="resnet18", weights=ckpt)]
