@@ -64,6 +64,11 @@ class Task(ABC):
         that hold them, an overflow) is a `non_finite_output` failure, never a record JSON cannot hold."""
         import numpy as np
 
+        finite = None  # one check per batch: whether each row's float outputs are all finite
+        for o in outputs or ():
+            if o.dtype.kind == "f":
+                rows = np.isfinite(o.reshape(len(o), -1)).all(axis=1)
+                finite = rows if finite is None else finite & rows
         out: list[Record] = []
         row = 0
         for p in prepared:
@@ -71,8 +76,9 @@ class Task(ABC):
                 out.append(Failure(p.path, p.error.kind, p.error.message))
                 continue
             values = tuple(o[row] for o in outputs)
+            ok = finite is None or finite[row]
             row += 1
-            if not all(np.isfinite(v).all() for v in values if np.asarray(v).dtype.kind == "f"):
+            if not ok:
                 out.append(Failure(p.path, NON_FINITE_OUTPUT, f"the network's {self.output_name} holds NaN or "
                                    "infinity: the model's weights hold such values, or its arithmetic overflowed"))
                 continue
