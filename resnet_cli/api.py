@@ -130,7 +130,7 @@ class Classifier:
     """A model loaded once, for repeated calls in a notebook or a script:
 
         clf = Classifier("resnet50")            # published weights, fetched once into the cache
-        clf(Image.open("cat.jpg"))              # -> [{"path": "<image 0>", "topk": [...], ...}]
+        clf(Image.open("cat.jpg", formats=["JPEG"]))  # -> [{"path": "<image 0>", "topk": [...], ...}]
         clf(["a.jpg", "b.png"])                 # paths: the command's records, to the byte
 
     `arch`, `weights`, `topk`, `device`, `precision`, `labels`, `resize`, `crop` and `offline` mean what the

@@ -93,7 +93,8 @@ def _member(kind: type[enum.Enum], option: str, value):
     try:
         return kind(value)
     except ValueError:
-        raise UsageError(f"{option} {value}: use {', '.join(m.value for m in kind)}") from None
+        names = [m.value for m in kind]
+        raise UsageError(f"{option} {value}: use {', '.join(names[:-1])} or {names[-1]}") from None
 
 
 @dataclass(frozen=True)

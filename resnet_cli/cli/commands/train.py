@@ -71,8 +71,7 @@ def command(
 
     if not output.endswith(".safetensors"):
         raise UsageError(f"-o {output}: the model is saved as a .safetensors file")
-    from ...outputs.paths import check_location
-    from ...outputs.paths import check_outputs
+    from ...outputs.paths import check_location, check_outputs
 
     check_location("--output", output)
     fmt = choose_format(format, pipe=Format.json)
