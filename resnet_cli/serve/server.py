@@ -38,13 +38,15 @@ class OneLine(logging.Filter):
 
 
 def log_config(quiet: bool) -> dict:
-    """uvicorn's logging: its own format on stderr, tracebacks turned into one line, no access log when
-    quiet."""
+    """uvicorn's logging: its own format, every line on stderr, tracebacks turned into one line, no access log
+    and no start-up lines when quiet."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = {**LOGGING_CONFIG}
     config["filters"] = {"one_line": {"()": f"{__name__}.OneLine"}}
-    config["handlers"] = {name: {**h, "filters": ["one_line"]} for name, h in LOGGING_CONFIG["handlers"].items()}
+    # every line on stderr (uvicorn writes its access log to stdout)
+    config["handlers"] = {name: {**h, "filters": ["one_line"], "stream": "ext://sys.stderr"}
+                          for name, h in LOGGING_CONFIG["handlers"].items()}
     config["loggers"] = {**LOGGING_CONFIG["loggers"],
                          "resnet_cli.serve": {"handlers": ["default"], "level": "INFO", "propagate": False}}
     if quiet:
