@@ -103,6 +103,7 @@ def test_topk_per_request(server, files, checkpoint):
         assert r.status_code == 400 and r.json()["error"]["type"] == "bad_request", bad
 
 
+@pytest.mark.load
 def test_16_concurrent_clients_each_get_their_own_image_s_answer(server, files, classify_lines):
     """Each client sends a different file, three times over, while the others do: batching mixes them in
     the model's batches, and every answer must be the client's own, to the byte."""
@@ -145,6 +146,8 @@ def test_torchserve_inference_api(server, classify_lines):
     record = json.loads(classify_lines[PHOTOS[3].name])
     r = httpx.post(server.url + "/predictions/resnet18", content=PHOTOS[3].read_bytes())
     assert r.status_code == 200
+    assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
+    r = httpx.put(server.url + "/predictions/resnet18", content=PHOTOS[3].read_bytes())  # curl -T
     assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
     r = httpx.post(server.url + "/predictions/resnet18", files={"data": ("x.jpg", PHOTOS[3].read_bytes())})
     assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
