@@ -89,8 +89,7 @@ def test_a_multipart_upload_is_classify_s_json_document(server, files, checkpoin
     assert r.content == out
 
 
-def test_topk_per_request(server, files, checkpoint):
-    folder, _ = files
+def test_topk_per_request(server, checkpoint):
     code, out, err = run_cli("classify", PHOTOS[1].name, "-a", "resnet18", "-w", checkpoint("resnet18"), "-k", "3",
                              "-f", "jsonl", cwd=PHOTOS[1].parent)
     assert code == 0, err

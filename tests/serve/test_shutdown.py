@@ -95,6 +95,7 @@ def start_and_signal(server: Process, count: int, signals: list[int]) -> list:
 def test_sigterm_answers_every_request_in_flight_and_exits_0(checkpoint):
     ckpt = checkpoint("resnet18")
     code, out, err = run_cli("classify", *PHOTOS, "-a", "resnet18", "-w", ckpt, "-f", "jsonl")
+    assert code == 0, err
     expected = dict(zip(map(str, PHOTOS), out.splitlines(keepends=True)))
     server = Process("-a", "resnet18", "-w", ckpt, "--max-batch", "8")
     # what a malformed request costs: a 4xx and one log line, never a traceback (checked in the log below)
