@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from checkpoints import PHOTOS, ROOT
-from servers import run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -92,11 +91,11 @@ def start_and_signal(server: Process, count: int, signals: list[int]) -> list:
     return results
 
 
-def test_sigterm_answers_every_request_in_flight_and_exits_0(checkpoint):
+def test_sigterm_answers_every_request_in_flight_and_exits_0(checkpoint, cli):
     ckpt = checkpoint("resnet18")
-    code, out, err = run_cli("classify", *PHOTOS, "-a", "resnet18", "-w", ckpt, "-f", "jsonl")
-    assert code == 0, err
-    expected = dict(zip(map(str, PHOTOS), out.splitlines(keepends=True)))
+    result = cli("classify", *PHOTOS, "-a", "resnet18", "-w", ckpt, "-f", "jsonl")
+    assert result.code == 0, result.stderr
+    expected = dict(zip(map(str, PHOTOS), result.stdout.splitlines(keepends=True)))
     server = Process("-a", "resnet18", "-w", ckpt, "--max-batch", "8")
     # what a malformed request costs: a 4xx and one log line, never a traceback (checked in the log below)
     host, port = server.url.rsplit("/", 1)[1].split(":")
