@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .devices import check_precision, dtype_of, forward_batch, resolve_device
+from .formats import check_exported
 from .preprocess import normalize
 from .registry import Preprocess
 
@@ -31,28 +32,13 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
     from .weights import load
 
     if job.weights.runtime != "torch":  # an exported file: its runtime, on the CPU, in the file's precision
-        check_exported(job.weights, job.options.device, job.options.precision)
+        check_exported(job.weights, job.options.device, job.options.precision)  # make_job did; the API too
         device, check_here = torch.device("cpu"), False
     else:
         device = device if device is not None else resolve_device(job.options.device)
     dtype = check_precision(job.options.precision, device) if check_here else dtype_of(job.options.precision)
     loaded = load(job.weights, offline=job.network.offline, quiet=job.options.quiet)
     return device, dtype, loaded, job.task.bind(loaded.num_classes)
-
-
-def check_exported(weights, device: str, precision) -> None:
-    """A usage error when `--device`/`--precision` ask an exported model (formats.py) for what its runtime
-    does not do here: it runs on the CPU (`--device auto` or `cpu`), in the precision it was exported in
-    (`--precision fp32`, the default; an int8 file stays int8)."""
-    from ..core.errors import UsageError
-    from .formats import RUNTIME_NAMES
-
-    name = RUNTIME_NAMES[weights.runtime]
-    if str(getattr(device, "value", device)) not in ("auto", "cpu"):
-        raise UsageError(f"{weights.name} runs on {name} on the CPU; leave out --device or give --device cpu")
-    if str(getattr(precision, "value", precision)) != "fp32":
-        raise UsageError(f"{weights.name} runs in the precision it was exported in; --precision applies to "
-                         "torch checkpoints only")
 
 
 class Predictor:

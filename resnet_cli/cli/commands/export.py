@@ -67,8 +67,18 @@ def command(
     from ...outputs.paths import check_location, check_outputs
 
     need(fmt)
+    from ...models.export import MAX_OPSET, MIN_OPSET
+
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset must be from {MIN_OPSET} to {MAX_OPSET} (got {opset})")
     check_location("--output", output)
-    outputs = [("--output", output)] + ([("--output", bin_path(output))] if fmt == "openvino" else [])
+    outputs = [("--output", output)]
+    if fmt == "openvino":  # the .bin beside it: a name the tool chose, never a link followed
+        weights_file = bin_path(output)
+        if os.path.islink(weights_file) or (os.path.lexists(weights_file) and not os.path.isfile(weights_file)):
+            raise UsageError(f"-o {output}: {weights_file} (its weights file) is a link or not a regular file; "
+                             "remove it or choose another name")
+        outputs.append(("--output", weights_file))
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
     if resolved.runtime != "torch":
         raise UsageError(f"--weights {weights}: already an exported model; export from the checkpoint it came from")
