@@ -207,3 +207,20 @@ def test_export_checks_its_output_before_any_work(checkpoint, cli, tmp_path):
     res = cli("export", "-w", ckpt, "-o", tmp_path / "m.xml", "--crop", "32")
     assert res.code == 2 and "m.bin" in res.stderr
     assert victim.read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["m.bin", "victim"]
+
+
+@pytest.mark.timeout(300)
+def test_grouped_bottleneck_blocks_export_and_classify_alike(checkpoint, cli, tmp_path):
+    """ResNeXt's grouped bottleneck blocks, beside resnet18's basic blocks above: the registry's architectures
+    are basic blocks or bottlenecks (grouped or not, wider or not) at other depths, and a grouped bottleneck
+    exercises everything a plain one does. At a 64-pixel crop to stay cheap; benchmarks/export_sizes.py exports
+    every architecture of the registry at 224 to both formats, parity check included."""
+    arch = "resnext50_32x4d"
+    ckpt = checkpoint(arch)
+    out = tmp_path / f"{arch}.onnx"
+    res = cli("export", "-w", ckpt, "-o", out, "--crop", "64")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.text)["parity"]["top5_identical"]
+    base = cli(SAMPLES, "-w", ckpt, "--crop", "64", "-f", "jsonl").jsonl()
+    records = cli(SAMPLES, "-w", out, "-f", "jsonl").jsonl()
+    assert top5(records) == top5(base) and {r["arch"] for r in records} == {arch}
