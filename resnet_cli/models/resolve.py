@@ -17,6 +17,9 @@ then what the weights say, then the default.
   architecture, preprocessing and class names: it needs no --arch and no --labels. Metadata that is malformed
   (not an object, a field missing or of the wrong type, a size out of bounds) is a usage error naming the file
   and the field.
+- A model `resnet-classify export` wrote (`.onnx`, or an OpenVINO `.xml`; formats.kind_of decides by the
+  extension) names the same in its own metadata (formats.py) and is run by its runtime (`Resolved.runtime`).
+  Its crop is the graph's: `--crop` may not change it, `--resize` may.
 - Sizes are bounded: resize at most MAX_RESIZE and crop at most MAX_CROP pixels, whether from the options or
   a model's metadata.
 
