@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import UsageError
-from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need
+from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need, reason
 from .preprocess import normalize
 from .resolve import Resolved
 
@@ -118,8 +118,8 @@ def to_onnx(module, crop: int, path: str, meta: dict, opset: int = DEFAULT_OPSET
                 graph, (example,), None, dynamo=True, external_data=False, opset_version=opset,
                 input_names=[INPUT], output_names=[LOGITS, FEATURES], verbose=False,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
-    except Exception as exc:  # torch.onnx's and torch.export's own error types
-        raise UsageError(f"the ONNX exporter failed: {_first(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - torch.onnx and torch.export raise many types of their own
+        raise UsageError(f"the ONNX exporter failed: {reason(exc)}") from None
     proto = program.model_proto
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
@@ -243,7 +243,7 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
         for atomic, path in zip(atomics, produced):
             atomic.file.close()
             os.replace(path, atomic.tmp)
-            atomic.file = open(atomic.tmp, "ab")  # for commit's fsync
+            atomic.file = open(atomic.tmp, "ab")  # noqa: SIM115 - for commit's fsync; commit closes it
             atomic.commit()
     except BaseException:
         for atomic in atomics:
@@ -258,7 +258,3 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
                        "max_prob_diff": parity.max_prob_diff, "max_logit_diff": parity.max_logit_diff,
                        "max_feature_diff": parity.max_feature_diff, "tolerance": parity.tolerance}}
 
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from checkpoints import PHOTOS, SAMPLES
 
 
@@ -47,7 +46,7 @@ def test_export_writes_both_formats_with_metadata_and_a_passed_parity_check(expo
     ckpt, files, reports = exported
     assert sorted(os.listdir(files["onnx"].parent)) == ["onnx.json", "openvino.json", "r18.bin", "r18.onnx",
                                                          "r18.xml"]
-    for fmt, report in reports.items():
+    for report in reports.values():
         p = report["parity"]
         assert p["images"] == len(PHOTOS) and p["batches"] == [1, len(PHOTOS)] and p["top5_identical"]
         assert p["max_prob_diff"] <= p["tolerance"]["probability"] == 1e-4
