@@ -281,9 +281,11 @@ def _resolve(arch: str | None, weights: str, resize: int | None, crop: int | Non
             raise UsageError(f"{weights} is a {a.name} model; leave out --arch or give --arch {a.name}")
         p = meta["preprocess"]
         pre = Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
-        if kind and (resize, crop) != (None, None) and _override(pre, resize, crop).crop != pre.crop:
+        if kind and crop is not None and crop != pre.crop:
             raise UsageError(f"{weights} was exported for {pre.crop}-pixel crops; --crop cannot change that "
                              f"(give --resize alone, or export again with --crop)")
+        if kind and resize is not None:
+            crop = pre.crop  # --resize alone keeps the graph's crop, not the crop-to-resize ratio
         return Resolved(a, None, weights, _override(pre, resize, crop), tuple(meta["labels"]),
                         runtime=kind or "torch")
     if not is_file:

@@ -191,6 +191,9 @@ def test_exported_files_refuse_what_their_runtime_does_not_do(exported, cli):
     assert res.code == 2 and "explain needs the torch network" in res.stderr
     res = cli(PHOTOS[0], "-w", path, "--crop", "200")
     assert res.code == 2 and "exported for 224-pixel crops" in res.stderr
+    res = cli(PHOTOS[0], "-w", path, "--resize", "300", "-f", "jsonl")  # the resize may change, the crop stays
+    assert res.code == 0, res.stderr
+    assert res.jsonl()[0]["preprocess"] == {"resize": 300, "crop": 224}
     res = cli("export", "-w", path, "-o", path.parent / "again.onnx")
     assert res.code == 2 and "already an exported model" in res.stderr
 
