@@ -102,12 +102,16 @@ def metadata(weights: Resolved, labels: tuple[str, ...], fmt: str, opset: int | 
 def to_onnx(module, crop: int, path: str, meta: dict, opset: int = DEFAULT_OPSET) -> None:
     """Write `module` (model.ResNet, eval) as a single-file ONNX model at `path`, batch axis dynamic, with `meta`
     as its metadata. Raises UsageError when the exporter fails."""
-    need("onnx")
     import contextlib
     import io
     import warnings
 
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
+    except ImportError:
+        raise UsageError("export needs the onnx package and onnxscript: pip install 'resnet-classify[onnx]'"
+                         ) from None
 
     graph = _Graph(copy.deepcopy(module).float().eval())
     example = torch.zeros(2, 3, crop, crop)
@@ -205,8 +209,6 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
         raise UsageError(f"--opset must be from {MIN_OPSET} to {MAX_OPSET} (got {opset})")
     opset = opset or DEFAULT_OPSET
     need(fmt)
-    if fmt == "openvino":
-        need("onnx")
     meta = metadata(weights, labels, fmt, opset)
     folder = os.path.dirname(os.path.abspath(output))
     targets = [output] if fmt == "onnx" else [bin_path(output), output]
