@@ -150,12 +150,15 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preprocess, names: list[str]) -> Parity:
     """The exported `model` against the torch `module` (model.ResNet, eval, float32) on `batch_u8`, (N, crop,
-    crop, 3) uint8 images named `names`: each image alone (batch 1), then all N at once. Top-5 must be identical
+    crop, 3) uint8 images named `names`: each image alone (batch 1), then all N at once (one image: twice). Top-5 must be identical
     and probabilities within PROB_TOLERANCE, features within FEATURE_TOLERANCE (relative); the first failure
     is named in `failure`."""
     from .runtimes import open_forward
 
     forward = open_forward(model)
+    images = len(batch_u8)
+    if images == 1:  # a larger batch needs two images: the one photo twice
+        batch_u8, names = torch.cat([batch_u8, batch_u8]), names * 2
     x = normalize(batch_u8, preprocess).contiguous()
     n = len(x)
     with torch.inference_mode():
@@ -165,8 +168,8 @@ def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preproces
     top = min(TOP, ref_probs.shape[1])
     ref_top = ref_probs.topk(top, dim=1).indices
     scale = float(ref_features.abs().max().clamp_min(1e-12))
-    parity = Parity(n, (1, n) if n > 1 else (1,))
-    runs = [(1, [(i, x[i:i + 1]) for i in range(n)])] + ([(n, [(0, x)])] if n > 1 else [])
+    parity = Parity(images, (1, n))
+    runs = [(1, [(i, x[i:i + 1]) for i in range(images)]), (n, [(0, x)])]
     for batch, parts in runs:
         for start, part in parts:
             logits = forward(part)
