@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .devices import check_precision, dtype_of, forward_batch, resolve_device
+from .formats import check_exported
 from .preprocess import normalize
 from .registry import Preprocess
 
@@ -30,7 +31,11 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
     not this machine's), the weights loaded and the job's task bound to the model's classes (tasks.Task.bind)."""
     from .weights import load
 
-    device = device if device is not None else resolve_device(job.options.device)
+    if job.weights.runtime != "torch":  # an exported file: its runtime, on the CPU, in the file's precision
+        check_exported(job.weights, job.options.device, job.options.precision)  # make_job did; the API too
+        device, check_here = torch.device("cpu"), False
+    else:
+        device = device if device is not None else resolve_device(job.options.device)
     dtype = check_precision(job.options.precision, device) if check_here else dtype_of(job.options.precision)
     loaded = load(job.weights, offline=job.network.offline, quiet=job.options.quiet)
     return device, dtype, loaded, job.task.bind(loaded.num_classes)

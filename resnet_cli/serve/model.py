@@ -1,8 +1,9 @@
 """The network a server answers with, loaded once: the one place the server builds it.
 
 `load(settings)` resolves the weights and builds the network exactly as `classify`'s local engine does
-(`inference.load_for` + `inference.Predictor`), so a server's record for an image equals the command's to the
-byte. A model stored in another form is loaded here too, and nothing else in the server changes.
+(`inference.load_for` + `runtimes.make_predictor`), so a server's record for an image equals the command's to
+the byte. A model exported to ONNX or OpenVINO (`--weights model.onnx`) is loaded here too, through its
+runtime, and nothing else in the server changes.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ class Model:
 
 
 def load(settings: ModelSettings) -> Model:
-    """The network of `settings`, on this machine's device (the local engine's path: inference.load_for and
-    inference.Predictor). Raises UsageError (unknown architecture, weights that do not fit, no such device) and
-    WeightsUnavailable."""
-    from ..models.inference import Predictor, load_for
+    """The network of `settings` (published weights, a checkpoint, a trained model or an exported .onnx/.xml
+    file), on this machine's device: the local engine's path, inference.load_for and runtimes.make_predictor.
+    Raises UsageError (unknown architecture, weights that do not fit, no such device) and WeightsUnavailable."""
+    from ..models.inference import load_for
+    from ..models.runtimes import make_predictor
 
     weights = settings.model.resolve()
     run = settings.run
@@ -82,5 +84,5 @@ def load(settings: ModelSettings) -> Model:
         run = dataclasses.replace(run, engine=Engine.local, ray_address=None)
     job = make_job([], weights, Classify(settings.topk), run)
     device, dtype, loaded, task = load_for(job)
-    predictor = Predictor(loaded.module, weights.preprocess, device=device, dtype=dtype)
+    predictor = make_predictor(loaded.module, weights.preprocess, device=device, dtype=dtype)
     return Model(predictor, weights, tuple(loaded.labels), task)

@@ -95,6 +95,9 @@ def command(
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
+    if resolved.runtime != "torch":
+        raise UsageError(f"--weights {weights}: an exported model; explain needs the torch network's gradients: "
+                         "give the checkpoint it was exported from")
     block = cam.resolve_layer(layer, resolved.arch)
     task = Explain(method.value, block, cam.block_position(block, resolved.arch), _target(target, resolved),
                    topk)
