@@ -57,7 +57,7 @@ def pairs(a: np.ndarray, b: np.ndarray | None = None, threshold: float = 0.95, *
           cols: int = COLS, sub: int = SUB) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every pair of rows whose cosine similarity is at least `threshold`, as arrays (i, j, similarity) of at
     most sub x cols pairs at a time: i a row of `a`, j a row of `b`; with `b` None, pairs within `a` with i < j.
-    Rows i ascending, and within a row j ascending (int64, int64, float32). Memory: one tile and one batch of
+    In tile order (blocks of rows, then of columns), not sorted (int64, int64, float32). Memory: one tile and one batch of
     pairs, whatever N and however many pairs there are (the caller keeps what it needs)."""
     same = b is None
     for rs, cs, sims in tiles(a, b, rows=rows, cols=cols):
