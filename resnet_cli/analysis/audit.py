@@ -311,8 +311,10 @@ def audit(paths: list[str], labels: np.ndarray, classes: list[str], x: np.ndarra
     counts = np.bincount(y, minlength=n_classes)
     per_class = {c: {"images": int(counts[i]), "noise_rate": float(rates[i]), **{kind: 0 for kind in KINDS}}
                  for i, c in enumerate(classes)}
-    for f in found:
-        per_class[f["given_label"]][f["kind"]] += 1
+    for f in found:  # a contradiction counts in both its classes
+        touched = {f["given_label"]} | ({f["other_label"]} if f.get("reason") == "contradiction" else set())
+        for c in touched:
+            per_class[c][f["kind"]] += 1
     summary = {
         "images": len(paths), "classes": list(classes), "folds": folds, "seed": seed, "C": C,
         "findings": {kind: sum(f["kind"] == kind for f in found) for kind in KINDS},

@@ -82,8 +82,8 @@ def fit(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, max_iter: int = 
     The features are centred first (their mean subtracted) and the bias moved back at the end (b - W mean): the
     bias is not penalised, so this is the same problem with the same minimum, but much better conditioned for
     L-BFGS, since a network's pooled features share a large common component (on the tests' stand-in network,
-    centring reaches the optimum in a third of the iterations; uncentred, 100 iterations stopped 0.07 short in
-    probability)."""
+    centring reached the optimum in under a third of the iterations; uncentred, 100 iterations stopped 0.07
+    short in probability)."""
     import torch
 
     x = np.asarray(x, np.float64)

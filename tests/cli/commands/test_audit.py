@@ -116,6 +116,7 @@ def test_audit_finds_the_flipped_labels_the_planted_duplicates_and_the_odd_image
         assert c["images"] == sum(1 for p, label in made.labels.items()
                                   if label == name and not p.endswith("zz_broken.jpg"))
         assert c["label_issue"] == sum(1 for f in issues if f["given_label"] == name)
+        assert c["duplicate"] == sum(1 for f in pairs.values() if name in (f["given_label"], f["other_label"]))
         assert 0 <= c["noise_rate"] < 0.5
 
 
