@@ -282,10 +282,26 @@ _CONTROLS = """<div class="controls" role="search">
 </div>
 """
 
+_KEEP = """  // show the cards `test` keeps (each card touched only when it changes), hide the sections left empty
+  function keep(cards, sections, shown, test) {
+    let n = 0;
+    cards.forEach((c, i) => {
+      const show = test(c, i);
+      if (c.hidden === show) c.hidden = !show;
+      n += show;
+    });
+    sections.forEach(s => {
+      const empty = !Array.prototype.some.call(s.children, c => !c.hidden);
+      if (s.hidden !== empty) s.hidden = empty;
+    });
+    shown.textContent = `showing ${n} of ${cards.length}`;
+  }
+"""
+
 _TAIL = """<script>
 "use strict";
 (() => {
-  const main = document.getElementById("cards");
+""" + _KEEP + """  const main = document.getElementById("cards");
   const sections = Array.from(main.children);
   const cards = Array.from(main.querySelectorAll("article.card"));
   const per = sections.length ? sections[0].children.length : 1;
@@ -298,19 +314,11 @@ _TAIL = """<script>
   function filter() {
     const text = q.value.trim().toLowerCase();
     const limit = below.value === "" ? null : Number(below.value) / 100;
-    let n = 0;
-    cards.forEach((c, i) => {
+    keep(cards, sections, shown, (c, i) => {
       const p = prob(c);
-      const show = (!text || keys[i].includes(text)) && (!failures.checked || p === null) &&
+      return (!text || keys[i].includes(text)) && (!failures.checked || p === null) &&
         (limit === null || (p !== null && p < limit));
-      if (c.hidden === show) c.hidden = !show;
-      n += show;
     });
-    sections.forEach(s => {
-      const empty = !Array.prototype.some.call(s.children, c => !c.hidden);
-      if (s.hidden !== empty) s.hidden = empty;
-    });
-    shown.textContent = `showing ${n} of ${cards.length}`;
   }
   function order() {
     const how = sort.value;
@@ -440,7 +448,7 @@ _AUDIT_CONTROLS = """<div class="controls" role="search">
 _AUDIT_TAIL = """<script>
 "use strict";
 (() => {
-  const sections = Array.from(document.getElementById("cards").children);
+""" + _KEEP + """  const sections = Array.from(document.getElementById("cards").children);
   const cards = Array.from(document.querySelectorAll("#cards article.card"));
   const keys = cards.map(c => [c.dataset.path, c.dataset.class || "", c.dataset.suggested || "",
     c.dataset.other || ""].join("\\n").toLowerCase());
@@ -448,18 +456,8 @@ _AUDIT_TAIL = """<script>
   const cls = document.getElementById("class"), shown = document.getElementById("shown");
   function filter() {
     const text = q.value.trim().toLowerCase();
-    let n = 0;
-    cards.forEach((c, i) => {
-      const show = (!text || keys[i].includes(text)) && (!kind.value || c.dataset.kind === kind.value) &&
-        (!cls.value || c.dataset.class === cls.value);
-      if (c.hidden === show) c.hidden = !show;
-      n += show;
-    });
-    sections.forEach(s => {
-      const empty = !Array.prototype.some.call(s.children, c => !c.hidden);
-      if (s.hidden !== empty) s.hidden = empty;
-    });
-    shown.textContent = `showing ${n} of ${cards.length}`;
+    keep(cards, sections, shown, (c, i) => (!text || keys[i].includes(text)) &&
+      (!kind.value || c.dataset.kind === kind.value) && (!cls.value || c.dataset.class === cls.value));
   }
   let timer = 0;
   q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(filter, 120); });

@@ -51,12 +51,14 @@ def first_run(made, checkpoint, cache, tmp_path_factory):
         mp.setenv("RESNET_CLASSIFY_CACHE", str(cache))
         mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
         buffer = io.BytesIO()
-        mp.setattr(sys, "stdout", io.TextIOWrapper(buffer, encoding="utf-8", write_through=True))
+        stdout = io.TextIOWrapper(buffer, encoding="utf-8", write_through=True)
+        mp.setattr(sys, "stdout", stdout)
         mp.setattr(sys, "stderr", io.StringIO())
         code = run([os.fspath(a) for a in ("audit", made.folder, *ARGS, "--weights", checkpoint("resnet18"),
                                            "-f", "json", "-o", out_dir / "findings.jsonl",
                                            "--report", out_dir / "audit.html")])
-    return code, json.loads(buffer.getvalue()), (out_dir / "findings.jsonl").read_bytes(), out_dir / "audit.html"
+        out = json.loads(buffer.getvalue())
+    return code, out, (out_dir / "findings.jsonl").read_bytes(), out_dir / "audit.html"
 
 
 def _rel(made, path: str) -> str:
