@@ -23,6 +23,7 @@ load time of a 10,000-image page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -146,9 +147,7 @@ class HtmlReport:
         self._spool.close()
         try:
             if ok:
-                atomic = AtomicFile(self.path)
-                try:
-                    out = io.TextIOWrapper(atomic.file, encoding="utf-8", newline="\n")
+                with _page(self.path) as (out, raw):
                     out.write(_HEAD.replace("{title}", html.escape(self.title)))
                     out.write(f'<header><h1>{html.escape(self.title)}</h1><p class="sub">{_shown(self.subtitle)}'
                               f'</p><p class="sub">{self.count} input{"s" if self.count != 1 else ""}, '
@@ -158,16 +157,26 @@ class HtmlReport:
                     out.write('<main id="cards">\n')
                     out.flush()
                     with open(self._spool_path, "rb") as cards:
-                        shutil.copyfileobj(cards, atomic.file)
+                        shutil.copyfileobj(cards, raw)
                     out.write(("</section>\n" if self.count else "") + "</main>\n" + _TAIL)
-                    out.flush()
-                    out.detach()
-                    atomic.commit()
-                except BaseException:
-                    atomic.abort()
-                    raise
         finally:
             os.unlink(self._spool_path)
+
+
+@contextlib.contextmanager
+def _page(path: str):
+    """(text stream, its binary file) of a page written beside `path` and renamed over it when the block ends;
+    removed, leaving an earlier file as it was, when the block raises."""
+    atomic = AtomicFile(path)
+    try:
+        out = io.TextIOWrapper(atomic.file, encoding="utf-8", newline="\n")
+        yield out, atomic.file
+        out.flush()
+        out.detach()
+        atomic.commit()
+    except BaseException:
+        atomic.abort()
+        raise
 
 
 def evaluation_summary(result: dict, ids: dict[str, str]) -> str:
@@ -415,9 +424,7 @@ def audit_report(path: str, findings: list[dict], failures: list[dict], summary:
     options = "".join(f'<option value="{_attr(printable(c))}">{_shown(c)}</option>' for c in summary["classes"])
     controls = _AUDIT_CONTROLS.replace("{classes}", options)
     title = "resnet-classify audit"
-    atomic = AtomicFile(path)
-    try:
-        out = io.TextIOWrapper(atomic.file, encoding="utf-8", newline="\n")
+    with _page(path) as (out, _):
         out.write(_HEAD.replace("{title}", title))
         out.write(f'<header><h1>{title}</h1><p class="sub">{_shown(summary["data"])}: {summary["arch"]}, '
                   f'{_shown(summary["weights"])}</p></header>\n')
@@ -427,12 +434,6 @@ def audit_report(path: str, findings: list[dict], failures: list[dict], summary:
         for start in range(0, len(cards), SECTION):
             out.write("<section>\n" + "".join(cards[start:start + SECTION]) + "</section>\n")
         out.write("</main>\n" + _AUDIT_TAIL)
-        out.flush()
-        out.detach()
-        atomic.commit()
-    except BaseException:
-        atomic.abort()
-        raise
 
 
 _AUDIT_CONTROLS = """<div class="controls" role="search">
