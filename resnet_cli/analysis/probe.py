@@ -6,8 +6,8 @@ device type): a second `train` over the same images with other settings reads th
 nothing. The cache lives in `$RESNET_CLASSIFY_CACHE`, else `$XDG_CACHE_HOME/resnet-classify`, else
 `~/.cache/resnet-classify`; deleting it is always safe.
 
-The head is a multinomial logistic regression fitted by L-BFGS in float64 on the whole training set at once,
-with scikit-learn's objective (C times the summed cross-entropy, plus half the squared L2 norm of the weights;
+The head is a multinomial logistic regression fitted by L-BFGS in float64 (on centred features) on the whole
+training set at once, with scikit-learn's objective (C times the summed cross-entropy, plus half the squared L2 norm of the weights;
 the bias is not penalised). C is chosen on the validation split from a fixed grid (best accuracy, then best
 log-loss, then the stronger regularisation). Full-batch L-BFGS has no randomness: the same split gives the
 same head, to the bit.
@@ -76,10 +76,19 @@ class FeatureCache:
 
 
 def fit(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) minimising C * sum(cross-entropy) + ||W||^2 / 2 over (x, y), in float64."""
+    """(W, b) minimising C * sum(cross-entropy) + ||W||^2 / 2 over (x, y), in float64: W (n_classes, D), b
+    (n_classes,).
+
+    The features are centred first (their mean subtracted) and the bias moved back at the end (b - W mean): the
+    bias is not penalised, so this is the same problem with the same minimum, but much better conditioned for
+    L-BFGS, since a network's pooled features share a large common component (on the tests' stand-in network,
+    centring reached the optimum in under a third of the iterations; uncentred, 100 iterations stopped 0.07
+    short in probability)."""
     import torch
 
-    xt = torch.from_numpy(np.asarray(x, np.float64))
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+    xt = torch.from_numpy(x - mean)
     yt = torch.from_numpy(np.asarray(y, np.int64))
     w = torch.zeros((n_classes, xt.shape[1]), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
@@ -94,7 +103,8 @@ def fit(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, max_iter: int = 
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return w.detach().numpy(), b.detach().numpy()
+    w_, b_ = w.detach().numpy(), b.detach().numpy()
+    return w_, b_ - w_ @ mean
 
 
 def predict_proba(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:

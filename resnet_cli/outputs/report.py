@@ -23,6 +23,7 @@ load time of a 10,000-image page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -146,9 +147,7 @@ class HtmlReport:
         self._spool.close()
         try:
             if ok:
-                atomic = AtomicFile(self.path)
-                try:
-                    out = io.TextIOWrapper(atomic.file, encoding="utf-8", newline="\n")
+                with _page(self.path) as (out, raw):
                     out.write(_HEAD.replace("{title}", html.escape(self.title)))
                     out.write(f'<header><h1>{html.escape(self.title)}</h1><p class="sub">{_shown(self.subtitle)}'
                               f'</p><p class="sub">{self.count} input{"s" if self.count != 1 else ""}, '
@@ -158,16 +157,26 @@ class HtmlReport:
                     out.write('<main id="cards">\n')
                     out.flush()
                     with open(self._spool_path, "rb") as cards:
-                        shutil.copyfileobj(cards, atomic.file)
+                        shutil.copyfileobj(cards, raw)
                     out.write(("</section>\n" if self.count else "") + "</main>\n" + _TAIL)
-                    out.flush()
-                    out.detach()
-                    atomic.commit()
-                except BaseException:
-                    atomic.abort()
-                    raise
         finally:
             os.unlink(self._spool_path)
+
+
+@contextlib.contextmanager
+def _page(path: str):
+    """(text stream, its binary file) of a page written beside `path` and renamed over it when the block ends;
+    removed, leaving an earlier file as it was, when the block raises."""
+    atomic = AtomicFile(path)
+    try:
+        out = io.TextIOWrapper(atomic.file, encoding="utf-8", newline="\n")
+        yield out, atomic.file
+        out.flush()
+        out.detach()
+        atomic.commit()
+    except BaseException:
+        atomic.abort()
+        raise
 
 
 def evaluation_summary(result: dict, ids: dict[str, str]) -> str:
@@ -282,10 +291,26 @@ _CONTROLS = """<div class="controls" role="search">
 </div>
 """
 
+_KEEP = """  // show the cards `test` keeps (each card touched only when it changes), hide the sections left empty
+  function keep(cards, sections, shown, test) {
+    let n = 0;
+    cards.forEach((c, i) => {
+      const show = test(c, i);
+      if (c.hidden === show) c.hidden = !show;
+      n += show;
+    });
+    sections.forEach(s => {
+      const empty = !Array.prototype.some.call(s.children, c => !c.hidden);
+      if (s.hidden !== empty) s.hidden = empty;
+    });
+    shown.textContent = `showing ${n} of ${cards.length}`;
+  }
+"""
+
 _TAIL = """<script>
 "use strict";
 (() => {
-  const main = document.getElementById("cards");
+""" + _KEEP + """  const main = document.getElementById("cards");
   const sections = Array.from(main.children);
   const cards = Array.from(main.querySelectorAll("article.card"));
   const per = sections.length ? sections[0].children.length : 1;
@@ -298,19 +323,11 @@ _TAIL = """<script>
   function filter() {
     const text = q.value.trim().toLowerCase();
     const limit = below.value === "" ? null : Number(below.value) / 100;
-    let n = 0;
-    cards.forEach((c, i) => {
+    keep(cards, sections, shown, (c, i) => {
       const p = prob(c);
-      const show = (!text || keys[i].includes(text)) && (!failures.checked || p === null) &&
+      return (!text || keys[i].includes(text)) && (!failures.checked || p === null) &&
         (limit === null || (p !== null && p < limit));
-      if (c.hidden === show) c.hidden = !show;
-      n += show;
     });
-    sections.forEach(s => {
-      const empty = !Array.prototype.some.call(s.children, c => !c.hidden);
-      if (s.hidden !== empty) s.hidden = empty;
-    });
-    shown.textContent = `showing ${n} of ${cards.length}`;
   }
   function order() {
     const how = sort.value;
@@ -330,6 +347,122 @@ _TAIL = """<script>
     const img = f.dataset.ref && document.querySelector(`#${f.dataset.ref} img`);
     if (img) f.querySelector("img").src = img.src; else f.querySelector("img").remove();
   });
+  filter();
+})();
+</script>
+</body></html>
+"""
+
+
+def _picture_at(path: str):
+    """The local image at `path` for a thumbnail, or None (a URL is not fetched again; an unreadable file)."""
+    if "://" in path or path == "-":
+        return None
+    try:
+        from ..inputs.images import open_local
+
+        return open_local(path, draft_min_side=THUMB)
+    except Exception:
+        return None
+
+
+def audit_report(path: str, findings: list[dict], failures: list[dict], summary: dict) -> None:
+    """audit's page: the summary (counts and estimated noise rate per class), then a card per finding in the
+    findings' order, then a card per failure. DOM contract (docs/audit.md): each card is an `article.card` in
+    `#cards` with `data-path`, `data-kind` (label_issue, duplicate, outlier, or failure), `data-class` (the given
+    label), `data-score`, and `data-suggested` (label issues) or `data-other` (the duplicate's other path); its
+    thumbnails are `img` elements (two for a duplicate). `select#kind` and `select#class` filter the cards,
+    `input[type=search]` by path or label. Written atomically; thumbnails are made once per image."""
+    thumbs: dict[str, str | None] = {}
+
+    def thumb(p: str) -> str:
+        if p not in thumbs:
+            picture = _picture_at(p)
+            thumbs[p] = _thumbnail(picture) if picture is not None else None
+        src = thumbs[p]
+        return f'<img src="{src}" alt="" loading="lazy" decoding="async">' if src else ""
+
+    kinds = {"label_issue": "label issue", "duplicate": "near-duplicate", "outlier": "outlier"}
+    cards = []
+    for f in findings:
+        attrs = [f'data-path="{_attr(printable(f["path"]))}"', f'data-kind="{f["kind"]}"',
+                 f'data-class="{_attr(printable(f["given_label"]))}"', f'data-score="{json.dumps(f["score"])}"']
+        pictures = [thumb(f["path"])]
+        body = [f'<p class="kind">{kinds[f["kind"]]} · score {f["score"]:.3f}</p>',
+                f'<p class="truth">given: <b>{_shown(f["given_label"])}</b></p>']
+        if f["kind"] == "label_issue":
+            attrs.append(f'data-suggested="{_attr(printable(f["suggested_label"]))}"')
+            body.append(f'<p class="why">suggested: <b>{_shown(f["suggested_label"])}</b> '
+                        f'({_pct(f["suggested_probability"])})</p>')
+        elif f["kind"] == "duplicate":
+            attrs.append(f'data-other="{_attr(printable(f["other_path"]))}"')
+            pictures.append(thumb(f["other_path"]))
+            body.append(f'<p class="why">{f["reason"]} with <b>{_shown(f["other_label"])}</b>: '
+                        f'<span class="other">{_shown(f["other_path"])}</span></p>')
+        elif f.get("class_distance") is not None:
+            body.append(f'<p class="why">distance to its class: {f["class_distance"]:.3f}</p>')
+        pictures = [p for p in pictures if p]
+        cards.append(f'<article class="card {f["kind"]}" {" ".join(attrs)}><div class="pics n{len(pictures)}">'
+                     f'{"".join(pictures)}</div><p class="path" title="{_attr(printable(f["path"]))}">'
+                     f'{_shown(f["path"])}</p>{"".join(body)}</article>\n')
+    for r in failures:
+        cards.append(f'<article class="card failed" data-path="{_attr(printable(r["path"]))}" data-kind="failure" '
+                     f'data-error="{_attr(r["error"]["type"])}"><div class="pics n0"></div><p class="path">'
+                     f'{_shown(r["path"])}</p><p class="err"><b>{html.escape(r["error"]["type"])}</b> '
+                     f'{html.escape(r["error"]["message"])}</p></article>\n')
+
+    counts = summary["findings"]
+    rows = "".join(
+        f'<tr><td>{_shown(name)}</td><td>{c["images"]}</td><td>{_pct(c["noise_rate"])}</td><td>{c["label_issue"]}'
+        f'</td><td>{c["duplicate"]}</td><td>{c["outlier"]}</td></tr>' for name, c in summary["per_class"].items())
+    head = (f'<section id="summary"><h2>Summary</h2><p class="sub">{summary["images"]} images, '
+            f'{summary["folds"]}-fold cross-fitting, estimated noise {_pct(summary["estimated_noise_rate"])}: '
+            f'{counts["label_issue"]} label issues, {counts["duplicate"]} near-duplicates, {counts["outlier"]} '
+            f'outliers, {len(failures)} could not be read</p><table class="metrics"><tr><th>class</th>'
+            f'<th>images</th><th>noise rate</th><th>label issues</th><th>near-duplicates</th><th>outliers</th></tr>'
+            f'{rows}</table></section>\n')
+    options = "".join(f'<option value="{_attr(printable(c))}">{_shown(c)}</option>' for c in summary["classes"])
+    controls = _AUDIT_CONTROLS.replace("{classes}", options)
+    title = "resnet-classify audit"
+    with _page(path) as (out, _):
+        out.write(_HEAD.replace("{title}", title))
+        out.write(f'<header><h1>{title}</h1><p class="sub">{_shown(summary["data"])}: {summary["arch"]}, '
+                  f'{_shown(summary["weights"])}</p></header>\n')
+        out.write(head)
+        out.write(controls)
+        out.write('<main id="cards">\n')
+        for start in range(0, len(cards), SECTION):
+            out.write("<section>\n" + "".join(cards[start:start + SECTION]) + "</section>\n")
+        out.write("</main>\n" + _AUDIT_TAIL)
+
+
+_AUDIT_CONTROLS = """<div class="controls" role="search">
+<input type="search" id="q" placeholder="Search a label or a path" aria-label="Search a label or a path">
+<label>Kind <select id="kind"><option value="">all</option><option value="label_issue">label issues</option>
+<option value="duplicate">near-duplicates</option><option value="outlier">outliers</option>
+<option value="failure">could not be read</option></select></label>
+<label>Class <select id="class"><option value="">all</option>{classes}</select></label>
+<span id="shown"></span>
+</div>
+"""
+
+_AUDIT_TAIL = """<script>
+"use strict";
+(() => {
+""" + _KEEP + """  const sections = Array.from(document.getElementById("cards").children);
+  const cards = Array.from(document.querySelectorAll("#cards article.card"));
+  const keys = cards.map(c => [c.dataset.path, c.dataset.class || "", c.dataset.suggested || "",
+    c.dataset.other || ""].join("\\n").toLowerCase());
+  const q = document.getElementById("q"), kind = document.getElementById("kind");
+  const cls = document.getElementById("class"), shown = document.getElementById("shown");
+  function filter() {
+    const text = q.value.trim().toLowerCase();
+    keep(cards, sections, shown, (c, i) => (!text || keys[i].includes(text)) &&
+      (!kind.value || c.dataset.kind === kind.value) && (!cls.value || c.dataset.class === cls.value));
+  }
+  let timer = 0;
+  q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(filter, 120); });
+  [kind, cls].forEach(e => e.addEventListener("change", filter));
   filter();
 })();
 </script>

@@ -4,8 +4,6 @@ Playwright for Python with the system browser's executable. The README's test se
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 from pathlib import Path
@@ -13,36 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from browser import Page, thumbnail_sizes
 from checkpoints import PHOTOS
-
-
-class Page:
-    """A report opened in the browser, with everything it logged and requested."""
-
-    def __init__(self, browser, path: Path) -> None:
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.page.on("console", lambda m: m.type in ("error", "warning") and self.errors.append(m.text))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.url = path.resolve().as_uri()
-        self.page.goto(self.url)
-        self.page.wait_for_load_state("load")
-
-    def cards(self, visible_only: bool = True) -> list[dict]:
-        return self.page.eval_on_selector_all(
-            "#cards article.card",
-            "(cs, vis) => cs.filter(c => !vis || !c.hidden).map(c => ({...c.dataset, "
-            "imgs: Array.from(c.querySelectorAll('img'), i => i.src)}))", visible_only)
-
-    def close(self) -> None:
-        self.page.close()
-
-
-def thumbnail_sizes(src: str) -> tuple[int, int]:
-    assert src.startswith("data:image/jpeg;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ A new command is a new module here plus one line in `COMMANDS` below; `cli.py` r
 
 from __future__ import annotations
 
-from . import arch, classify, embed, evaluate, explain, export, models, serve, similar, train
+from . import arch, audit, classify, embed, evaluate, explain, export, models, serve, similar, train
 
 # (name, function, takes no arguments -> show help); the first is the default command.
 COMMANDS = (
@@ -18,6 +18,7 @@ COMMANDS = (
     ("train", train.command, True),
     ("serve", serve.command, False),
     ("export", export.command, True),
+    ("audit", audit.command, True),
     ("models", models.models_command, False),
     ("download", models.download_command, True),
     ("arch", arch.command, True),

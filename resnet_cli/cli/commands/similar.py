@@ -12,7 +12,7 @@ second, an approximate index (faiss, usearch) is the tool (docs/embed.md).
   neighbour either.
 - `--duplicates` groups the index's vectors whose similarity reaches the threshold (0.95 by default), linked
   transitively; a group's similarity is the lowest between any two of its members. Memory: the index and one
-  tile of similarities, whatever the number of similar pairs (duplicate_groups).
+  tile of similarities, whatever the number of similar pairs (analysis.neighbours, the engine `audit` uses).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from ..options import ArchOpt, BatchSizeOpt, LocalDeviceOpt, LocalWorkersOpt, Of
 from .stream import RecordStream
 
 # --duplicates compares the index with itself in tiles of ROWS x COLS similarities (16 MB of float32), and
-# gathers the links of SUB rows of a tile at a time (at most SUB x COLS pairs: 8 MB of indices).
+# gathers the links of SUB rows of a tile at a time: analysis.neighbours' sizes (the engine audit shares), named
+# here so that the command's start imports no numpy.
 ROWS = 1024
 COLS = 4096
 SUB = 128
@@ -164,15 +165,10 @@ class SameFile:
 
 
 def _unit(matrix):
-    """The rows of `matrix` scaled to unit length (zero rows stay zero), float32, a block of rows at a time."""
-    import numpy as np
+    """The rows of `matrix` scaled to unit length (zero rows stay zero), float32 (analysis.neighbours.unit)."""
+    from ...analysis import neighbours
 
-    unit = np.empty(matrix.shape, np.float32)
-    for start in range(0, len(matrix), 4096):
-        part = matrix[start:start + 4096]
-        norms = np.linalg.norm(part.astype(np.float64), axis=1, keepdims=True)
-        unit[start:start + 4096] = part / np.where(norms == 0, 1, norms)
-    return unit
+    return neighbours.unit(matrix)
 
 
 def neighbours(query: str, vector, paths: list[str], unit, k: int, threshold: float | None,
@@ -194,79 +190,10 @@ def neighbours(query: str, vector, paths: list[str], unit, k: int, threshold: fl
 
 def duplicate_groups(paths: list[str], unit, threshold: float):
     """{"group": [paths], "similarity": lowest pairwise} for each set of vectors linked by similarities at or
-    above `threshold` (transitively), groups in the order of their first member, members in index order.
+    above `threshold` (transitively): analysis.neighbours.duplicate_groups, in tiles of ROWS x COLS."""
+    from ...analysis import neighbours
 
-    `unit`: (N, D) float32 unit vectors. Each pair is compared once, in tiles of ROWS x COLS similarities over
-    the upper triangle; only the links that join two groups not yet joined are kept, a sub-block of rows at a
-    time, in a union-find array of N integers. Memory beyond the index: one tile and one sub-block's links
-    (tens of MB), whatever N and however many pairs are similar. A group's lowest similarity is computed the
-    same way over its members; the groups themselves (their paths) are the answer's size."""
-    import numpy as np
-
-    n = len(paths)
-    parent = np.arange(n)
-    for rs in range(0, n, ROWS):
-        re_ = min(rs + ROWS, n)
-        for cs in range(rs, n, COLS):
-            ce = min(cs + COLS, n)
-            mask = (unit[rs:re_] @ unit[cs:ce].T) >= threshold
-            if cs < re_:  # the tile crosses the diagonal: a pair counts once, and never with itself
-                mask = np.triu(mask, rs - cs + 1)
-            for ss in range(0, re_ - rs, SUB):
-                part = mask[ss:ss + SUB]
-                if not part.any():
-                    continue
-                rows = np.arange(rs + ss, rs + ss + len(part))
-                cols = np.arange(cs, ce)
-                part = part & (parent[rows][:, None] != parent[cols][None, :])  # already one group: skip
-                r, c = np.nonzero(part)
-                _link(parent, rows[r], cols[c])
-    sizes = np.bincount(parent, minlength=n)
-    members = np.nonzero(sizes[parent] > 1)[0]  # index order
-    # Each group's root is its first member (links hook the larger root under the smaller): sorting the
-    # members by root, stably, gives the groups in the order of their first member, each in index order.
-    members = members[np.argsort(parent[members], kind="stable")]
-    bounds = np.nonzero(np.diff(parent[members]))[0] + 1
-    for group in np.split(members, bounds) if len(members) else []:
-        yield {"group": [paths[i] for i in group.tolist()], "similarity": _lowest(unit, group)}
-
-
-def _link(parent, a, b) -> None:
-    """Union the groups of the pairs (a[i], b[i]) in `parent`, a fully compressed union-find array (each entry
-    its group's root, the group's smallest index), and leave it fully compressed."""
-    import numpy as np
-
-    while len(a):
-        ra, rb = parent[a], parent[b]
-        apart = ra != rb
-        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
-        if not len(a):
-            return
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))  # each root under its smallest neighbour
-        while True:
-            up = parent[parent]
-            if np.array_equal(up, parent):
-                break
-            parent[:] = up
-
-
-def _lowest(unit, members) -> float:
-    """The lowest similarity between two of `members` (index rows, at least 2), a tile at a time."""
-    import numpy as np
-
-    m = len(members)
-    if m <= ROWS:
-        sub = unit[members] @ unit[members].T
-        return float(sub[np.triu_indices(m, 1)].min())
-    low = np.inf
-    for rs in range(0, m, ROWS):
-        block = unit[members[rs:rs + ROWS]]
-        for cs in range(rs, m, COLS):
-            sims = block @ unit[members[cs:cs + COLS]].T
-            if cs < rs + len(block):
-                sims = np.where(np.triu(np.ones(sims.shape, bool), rs - cs + 1), sims, np.inf)
-            low = min(low, float(sims.min()))
-    return low
+    return neighbours.duplicate_groups(paths, unit, threshold, rows=ROWS, cols=COLS, sub=SUB)
 
 
 def _embed(queries: list[str], meta: dict, index: str, dim: int, model: ModelOptions, options: RunOptions):
