@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import PHOTOS, make_checkpoint
+from checkpoints import PHOTOS, make_checkpoint, make_quantized_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +35,21 @@ def checkpoint(tmp_path_factory):
         if key not in made:
             made[key] = make_checkpoint(arch, folder / f"{arch}-s{seed}-c{num_classes}.pth", seed, num_classes)
         return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def quantized_checkpoint(tmp_path_factory):
+    """quantized_checkpoint(arch, seed=0) -> path of a seeded int8 stand-in in torchvision's quantized layout
+    (checkpoints.make_quantized_checkpoint), made once per test session."""
+    folder = tmp_path_factory.mktemp("quantized-checkpoints")
+    made: dict[tuple, Path] = {}
+
+    def get(arch: str = "resnet18", seed: int = 0) -> Path:
+        if (arch, seed) not in made:
+            made[arch, seed] = make_quantized_checkpoint(arch, folder / f"{arch}-s{seed}-int8.pth", seed)
+        return made[arch, seed]
 
     return get
 

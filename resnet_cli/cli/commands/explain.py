@@ -95,6 +95,9 @@ def command(
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
+    if resolved.spec is not None and resolved.spec.quantized:
+        raise UsageError(f"explain needs a float network (its maps are gradients); {resolved.name} are int8 weights: "
+                         f"explain with {resolved.arch.enum}.{resolved.spec.unquantized}, the weights they quantize")
     block = cam.resolve_layer(layer, resolved.arch)
     task = Explain(method.value, block, cam.block_position(block, resolved.arch), _target(target, resolved),
                    topk)
