@@ -155,7 +155,8 @@ class Classifier:
     def __init__(self, arch: str | None = None, weights: str = "DEFAULT", *, topk: int | None = None,
                  device: str = "auto", precision: str = "fp32", labels: str | None = None,
                  resize: int | None = None, crop: int | None = None, offline: bool = False) -> None:
-        from .models.inference import Predictor, load_for
+        from .models.inference import load_for
+        from .models.runtimes import make_predictor
 
         model, run, _ = _groups("Classifier", arch, weights, {
             "device": device, "precision": precision, "labels": labels, "resize": resize, "crop": crop,
@@ -167,7 +168,7 @@ class Classifier:
         self._classify = task
         self._embed = Embed().bind(loaded.num_classes)
         self._labels = loaded.labels
-        self._predictor = Predictor(loaded.module, job.weights.preprocess, device=device_, dtype=dtype)
+        self._predictor = make_predictor(loaded.module, job.weights.preprocess, device=device_, dtype=dtype)
 
     @property
     def arch(self) -> str:

@@ -54,8 +54,9 @@ class Resolved:
     spec: WeightsSpec | None  # published weights, or None for a checkpoint file
     name: str  # the published full name (ResNet50_Weights.IMAGENET1K_V2) or the checkpoint path
     preprocess: Preprocess
-    labels: tuple[str, ...] | None = None  # the class names a trained model carries
+    labels: tuple[str, ...] | None = None  # the class names a trained or exported model carries
     labels_file: str | None = None  # --labels: a file of class names, read when the model is loaded
+    runtime: str = "torch"  # what runs it: "torch", or an exported file's "onnx" / "openvino" (formats.py)
 
     @property
     def num_classes(self) -> int | None:
@@ -74,16 +75,32 @@ def trained_metadata(path: str) -> dict | None:
     read from the file's header without torch (safetensors checks the header against the file first); None
     for any other file. Raises UsageError, naming the file and the field, for a header safetensors refuses or
     for metadata that is malformed or out of bounds (`check_metadata`)."""
-    import json
-
     if not path.endswith(".safetensors"):
         return None
     from .state_dicts import open_safetensors
 
     with open_safetensors(path) as f:
         raw = (f.metadata() or {}).get(METADATA_KEY)
+    return None if raw is None else parse_metadata(path, raw)
+
+
+def exported_metadata(path: str, kind: str) -> dict:
+    """The metadata of an exported model file (formats.py: an .onnx file's metadata_props, an OpenVINO IR's
+    rt_info), checked as a trained model's (`check_metadata`). Raises UsageError naming the file: a file its
+    format's reader refuses, no metadata (a file this tool did not export), malformed or oversized metadata."""
+    from .formats import RUNTIME_NAMES, raw_metadata
+
+    raw = raw_metadata(path, kind, MAX_METADATA_BYTES)
     if raw is None:
-        return None
+        raise UsageError(f"model {path}: no {METADATA_KEY!r} metadata (labels, preprocessing) in this "
+                         f"{RUNTIME_NAMES[kind]} model; make it with resnet-classify export")
+    return parse_metadata(path, raw)
+
+
+def parse_metadata(path: str, raw: str) -> dict:
+    """The metadata JSON string `raw` of the model at `path`, parsed and checked (`check_metadata`)."""
+    import json
+
     if len(raw) > MAX_METADATA_BYTES:
         raise UsageError(f"model {path}: its metadata {METADATA_KEY!r} is over {MAX_METADATA_BYTES >> 20} MiB")
     try:
@@ -290,14 +307,21 @@ def _resolve(arch: str | None, weights: str, resize: int | None, crop: int | Non
         spec_arch = get_arch(arch) if arch else (owner or get_arch(DEFAULT_ARCH))
         spec = published(spec_arch, weights)
         return Resolved(spec_arch, spec, spec.full_name, _override(spec.preprocess, resize, crop))
-    meta = trained_metadata(weights) if is_file else None
+    from .formats import kind_of
+
+    kind = kind_of(weights) if is_file else None
+    meta = (exported_metadata(weights, kind) if kind else trained_metadata(weights)) if is_file else None
     if meta is not None:
         a = get_arch(meta["arch"])
         if arch and get_arch(arch).name != a.name:
             raise UsageError(f"{weights} is a {a.name} model; leave out --arch or give --arch {a.name}")
         p = meta["preprocess"]
         pre = Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
-        return Resolved(a, None, weights, _override(pre, resize, crop), tuple(meta["labels"]))
+        if kind and (resize, crop) != (None, None) and _override(pre, resize, crop).crop != pre.crop:
+            raise UsageError(f"{weights} was exported for {pre.crop}-pixel crops; --crop cannot change that "
+                             f"(give --resize alone, or export again with --crop)")
+        return Resolved(a, None, weights, _override(pre, resize, crop), tuple(meta["labels"]),
+                        runtime=kind or "torch")
     if not is_file:
         a = get_arch(arch or DEFAULT_ARCH)
         if re.fullmatch(r"\w+", weights):  # a name, not a path: say what the names are

@@ -208,7 +208,7 @@ def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
 class LoadedModel:
     weights: Resolved  # which weights, under what name, with what preprocessing
     labels: tuple[str, ...]
-    module: object  # model.ResNet, in eval mode, on the CPU
+    module: object  # model.ResNet, in eval mode, on the CPU; formats.ExportedModel for an exported file
 
     @property
     def num_classes(self) -> int:
@@ -217,7 +217,13 @@ class LoadedModel:
 
 def load(weights: Resolved, *, offline: bool = False, quiet: bool = False) -> LoadedModel:
     """Everything a run needs to classify: the model with its weights and its labels (`weights.labels_file`'s
-    when --labels gave one)."""
+    when --labels gave one). An exported file (weights.runtime "onnx", "openvino") gives its bytes
+    (formats.ExportedModel) in place of the torch module: runtimes.make_predictor opens them."""
+    if weights.runtime != "torch":
+        from .formats import read_blobs
+
+        labels = _labels(len(weights.labels), weights.labels_file, weights.labels)
+        return LoadedModel(weights, labels, read_blobs(weights.name, weights.runtime, len(labels)))
     if weights.spec is not None:
         state = read_state_dict(fetch(weights.spec, offline=offline, quiet=quiet), quantized=weights.spec.quantized)
         if weights.spec.quantized and not is_quantized(state):

@@ -23,10 +23,11 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
                       window=default_window(opts.batch_size or 64, workers), stop=stop, network=job.network,
                       view_size=job.view_size)
     try:
-        from ...models.inference import Predictor, load_for
+        from ...models.inference import load_for
+        from ...models.runtimes import make_predictor
 
         device, dtype, loaded, task = load_for(job)
-        predictor = Predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype)
+        predictor = make_predictor(loaded.module, job.weights.preprocess, device=device, dtype=dtype)
         yield from run_task(decoder, predictor, task, weights=job.weights, labels=loaded.labels,
                             batch_size=default_batch_size(opts.batch_size, device.type), stop=stop,
                             on_batch=job.on_batch)

@@ -5,9 +5,9 @@
 
 Nothing here is a second implementation: listing is `job.inputs` (sources.py), reading by scheme and the
 offline policy `readers.Network`, decoding `pipeline.prepare`, batching `pipeline.stack`, the model
-`inference.Predictor` over `weights.build_model`, what is computed and the records the job's task (tasks.py);
-the command
-writes them, so formats, per-file stderr lines and exit codes are the local engine's.
+`runtimes.make_predictor` over `weights.build_model` (or an exported file's bytes, run by its runtime), what is
+computed and the records the job's task (tasks.py); the command writes them, so formats, per-file stderr lines
+and exit codes are the local engine's.
 
 - Inputs are listed on the driver (folders, globs, stdin, URLs, s3:// and gs://: the local engine's rules,
   by the same code), each with its index
@@ -100,7 +100,8 @@ class ModelActor:
         import ray
         import torch
 
-        from ...models.inference import Predictor
+        from ...models.formats import ExportedModel
+        from ...models.runtimes import make_predictor
         from ...models.weights import build_model
 
         if isinstance(state, ray.ObjectRef):  # constructor arguments reach the actor as they were given
@@ -109,8 +110,9 @@ class ModelActor:
         # otherwise): more would oversubscribe a node shared with other actors and decode tasks.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
-        module = build_model(arch, state, "the driver's model")
-        self.predictor = Predictor(module, preprocess, device=torch.device(device), dtype=dtype)
+        # An exported file's bytes (formats.ExportedModel) are opened by its runtime; a state dict is built.
+        module = state if isinstance(state, ExportedModel) else build_model(arch, state, "the driver's model")
+        self.predictor = make_predictor(module, preprocess, device=torch.device(device), dtype=dtype)
         self.preprocess = preprocess
         self.task = task
         self.decode = decode
@@ -219,6 +221,8 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     rows = None
     try:
         actor_device, actors = _plan(ray, job)
+        if job.weights.runtime != "torch":  # an exported file runs on CPUs (inference.check_exported)
+            actor_device = "cpu"
         # CPU actors: the precision is checked on this CPU, as the cluster's are taken to be alike. GPUs: what
         # they run is theirs to say.
         _, dtype, loaded, task = load_for(job, torch.device(actor_device), check_here=actor_device == "cpu")
@@ -264,7 +268,8 @@ def _dataset(ray, sources: list[Source], loaded, job: Job, task, *, actor_device
             ModelActor, batch_size=batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors),
             num_cpus=1, num_gpus=1 if gpu else None, max_restarts=0,
             fn_constructor_kwargs={
-                "state": ray.put(loaded.module.state_dict()), "arch": job.weights.arch,
+                "state": ray.put(loaded.module if job.weights.runtime != "torch" else loaded.module.state_dict()),
+                "arch": job.weights.arch,
                 "preprocess": job.weights.preprocess, "device": actor_device, "dtype": dtype, "task": task,
                 "decode": not gpu, "fast_decode": job.options.fast_decode, "network": job.network,
             })

@@ -1,0 +1,148 @@
+"""`resnet-classify export`: a model as an ONNX file or an OpenVINO IR, checked against the original first.
+
+    --arch/--weights (published, checkpoint, a model made by train) --> weights.load --> models/export.py:
+        torch.onnx.export (+ openvino.convert_model) --> parity check on --check DIR --> FILE (renamed into place)
+
+The check photos: --check DIR (its first MAX_CHECK images by name, decoded as classify decodes them), else the
+sample photos of a source checkout, else SYNTHETIC seeded random images (with a note that photos like the
+user's are a better test). The report (stdout): a few lines on a terminal, else one JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ...core.errors import UsageError
+from ..options import ArchOpt, CropOpt, LabelsOpt, OfflineOpt, QuietOpt, ResizeOpt, WeightsOpt
+
+MAX_CHECK = 32  # images the parity check runs, each alone and all together
+SYNTHETIC = 8
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_images"  # a source checkout's sample photos
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+EXTENSION = {"onnx": ".onnx", "openvino": ".xml"}
+
+
+def command(
+    output: Annotated[str, typer.Option(
+        "--output", "-o", metavar="FILE", show_default=False,
+        help="Where the model goes: FILE.onnx, or FILE.xml (and FILE.bin beside it) for OpenVINO.")],
+    arch: ArchOpt = None,
+    weights: WeightsOpt = "DEFAULT",
+    format: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", "-f", case_sensitive=False, show_default=False,
+        help="onnx or openvino. Default: from -o's extension (.onnx, .xml).")] = None,
+    check: Annotated[Optional[str], typer.Option(
+        "--check", metavar="DIR", show_default=False,
+        help=f"Photos for the parity check (the first {MAX_CHECK} by name). Default: the sample photos.")] = None,
+    opset: Annotated[Optional[int], typer.Option(
+        "--opset", metavar="N", show_default=False, help="ONNX opset, 18 to 23. Default: 20.")] = None,
+    labels: LabelsOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export a model to ONNX or OpenVINO; written only if it gives the original's answers (parity check)."""
+    from ...run.job import ModelOptions
+
+    ext = os.path.splitext(output)[1].lower()
+    fmt = format.value if format is not None else {v: k for k, v in EXTENSION.items()}.get(ext)
+    if fmt is None:
+        raise UsageError(f"-o {output}: give a .onnx or .xml file name, or --format")
+    if ext != EXTENSION[fmt]:
+        raise UsageError(f"-o {output}: a {fmt} model is written as a {EXTENSION[fmt]} file")
+    from ...models.formats import bin_path, need
+    from ...outputs.paths import check_location, check_outputs
+
+    need(fmt)
+    check_location("--output", output)
+    outputs = [("--output", output)] + ([("--output", bin_path(output))] if fmt == "openvino" else [])
+    resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
+    if resolved.runtime != "torch":
+        raise UsageError(f"--weights {weights}: already an exported model; export from the checkpoint it came from")
+    check_outputs([check] if check else [], outputs, recursive=False, reads=(weights, labels))
+    sources = _check_sources(check)
+
+    from ...models.export import export
+    from ...models.weights import ensure_available, load
+
+    ensure_available(resolved, offline=offline)
+    loaded = load(resolved, offline=offline, quiet=quiet)
+    batch, names, note = _check_images(sources, resolved.preprocess)
+    if note and not quiet:
+        from ...core.console import eprint
+
+        eprint(note)
+    report = export(loaded.module, resolved, loaded.labels, fmt, output, batch, names, opset)
+    report["parity"]["photos"] = check or (str(SAMPLES) if sources else f"{SYNTHETIC} synthetic images")
+    _print(report)
+
+
+def _check_sources(check: str | None) -> list:
+    """The check images' sources: --check DIR's image files (sorted, at most MAX_CHECK), else the sample photos
+    where they are, else [] (synthetic images)."""
+    from ...inputs.sources import Source, is_image_name
+
+    folder = check if check else (str(SAMPLES) if SAMPLES.is_dir() else None)
+    if folder is None:
+        return []
+    if not os.path.isdir(folder):
+        raise UsageError(f"--check {folder}: not a folder")
+    try:
+        names = sorted(n for n in os.listdir(folder) if is_image_name(n)
+                       and os.path.isfile(os.path.join(folder, n)))
+    except OSError as exc:
+        raise UsageError(f"--check {folder}: {exc.strerror or exc}") from None
+    if not names:
+        raise UsageError(f"--check {folder}: no image files in it")
+    return [Source(os.path.join(folder, n)) for n in names[:MAX_CHECK]]
+
+
+def _check_images(sources: list, pre):
+    """((N, crop, crop, 3) uint8, names, note): the sources decoded as classify decodes them, or SYNTHETIC
+    seeded random images when there are none. An image that cannot be read is a usage error naming it."""
+    import torch
+
+    from ...run.pipeline import prepare, stack
+
+    if not sources:
+        g = torch.Generator().manual_seed(0)
+        batch = torch.randint(0, 256, (SYNTHETIC, pre.crop, pre.crop, 3), dtype=torch.uint8, generator=g)
+        return batch, [f"<synthetic {i}>" for i in range(SYNTHETIC)], (
+            "no sample photos here: the parity check runs on synthetic images; give --check DIR with photos "
+            "like yours for a check that means more")
+    prepared = [prepare(s, pre) for s in sources]
+    for p in prepared:
+        if p.error is not None:
+            raise UsageError(f"--check: {p.path}: {p.error.message}")
+    return stack(prepared, pre.crop), [p.path for p in prepared], None
+
+
+def _print(report: dict) -> None:
+    from ...core.console import isatty
+    from ...outputs.writers import dumps
+
+    if not isatty(sys.stdout):
+        sys.stdout.write(dumps(report) + "\n")
+        sys.stdout.flush()
+        return
+    p = report["parity"]
+    sizes = ", ".join(f"{path} ({size / 1e6:.1f} MB)" for path, size in report["files"].items())
+    print(f"{report['model']}: {report['arch']} from {report['weights']}, {report['format']}"
+          f"{' opset ' + str(report['opset']) if report['format'] == 'onnx' else ''}; wrote {sizes}")
+    print(f"parity check on {p['images']} images ({p['photos']}) at batch {' and '.join(map(str, p['batches']))}: "
+          f"top-5 identical; max probability difference {p['max_prob_diff']:.2e} (tolerance "
+          f"{p['tolerance']['probability']:g}), max feature difference {p['max_feature_diff']:.2e} of the largest")
+    print(f"export {report['seconds']['export']:.1f} s, check {report['seconds']['check']:.1f} s")
