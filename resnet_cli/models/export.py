@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import UsageError
-from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, RUNTIME_NAMES, ExportedModel, bin_path, need
+from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need
 from .preprocess import normalize
 from .resolve import Resolved
 
@@ -44,6 +44,7 @@ MAX_OPSET = 23
 PROB_TOLERANCE = 1e-4  # the largest difference in any probability an fp32 export may show
 FEATURE_TOLERANCE = 1e-4  # the largest difference in a feature, relative to the largest feature
 TOP = 5
+FORMAT_NAMES = {"onnx": "ONNX", "openvino": "OpenVINO"}
 
 
 @dataclass
@@ -236,7 +237,7 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
         parity = check_parity(module, model, batch_u8, weights.preprocess, names)
         checked = time.perf_counter() - start
         if not parity.ok:
-            raise UsageError(f"{RUNTIME_NAMES[fmt]} export refused, nothing written: the parity check failed: "
+            raise UsageError(f"{FORMAT_NAMES[fmt]} export refused, nothing written: the parity check failed: "
                              f"{parity.failure} (max probability difference {parity.max_prob_diff:.2e}, "
                              f"tolerance {PROB_TOLERANCE:g})")
         for atomic, path in zip(atomics, produced):

@@ -64,6 +64,20 @@ def need(kind: str):
                          f"pip install 'resnet-classify[{EXTRAS[kind]}]'") from None
 
 
+def check_exported(weights, device: str, precision) -> None:
+    """A usage error when `--device`/`--precision` ask an exported model (resolve.Resolved with a runtime other
+    than torch) for what its runtime does not do here: it runs on the CPU (`--device auto` or `cpu`), in the
+    precision it was exported in (`--precision fp32`, the default; an int8 file stays int8)."""
+    if weights.runtime == "torch":
+        return
+    name = RUNTIME_NAMES[weights.runtime]
+    if str(getattr(device, "value", device)) not in ("auto", "cpu"):
+        raise UsageError(f"{weights.name} runs on {name} on the CPU; leave out --device or give --device cpu")
+    if str(getattr(precision, "value", precision)) != "fp32":
+        raise UsageError(f"{weights.name} runs in the precision it was exported in; --precision applies to "
+                         "torch checkpoints only")
+
+
 def _check_size(path: str, limit: int = MAX_MODEL_BYTES) -> None:
     try:
         size = os.path.getsize(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .devices import check_precision, dtype_of, forward_batch, resolve_device
+from .formats import check_exported
 from .preprocess import normalize
 from .registry import Preprocess
 
@@ -32,7 +33,7 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
 
     int8 = job.weights.spec is not None and job.weights.spec.quantized
     if job.weights.runtime != "torch":  # an exported file: its runtime, on the CPU, in the file's precision
-        check_exported(job.weights, job.options.device, job.options.precision)
+        check_exported(job.weights, job.options.device, job.options.precision)  # make_job did; the API too
         device, check_here = torch.device("cpu"), False
     elif device is None:  # int8 weights run on the CPU: --device auto means the CPU for them
         device = resolve_device("cpu" if int8 and job.options.device == "auto" else job.options.device)
@@ -63,21 +64,6 @@ def check_int8(name: str, device: torch.device, dtype: torch.dtype) -> None:
                          f"leave out --device or give --device cpu")
     if dtype != torch.float32:
         raise UsageError(f"{name} are int8 weights: they run as they were quantized; leave out --precision")
-
-
-def check_exported(weights, device: str, precision) -> None:
-    """A usage error when `--device`/`--precision` ask an exported model (formats.py) for what its runtime
-    does not do here: it runs on the CPU (`--device auto` or `cpu`), in the precision it was exported in
-    (`--precision fp32`, the default; an int8 file stays int8)."""
-    from ..core.errors import UsageError
-    from .formats import RUNTIME_NAMES
-
-    name = RUNTIME_NAMES[weights.runtime]
-    if str(getattr(device, "value", device)) not in ("auto", "cpu"):
-        raise UsageError(f"{weights.name} runs on {name} on the CPU; leave out --device or give --device cpu")
-    if str(getattr(precision, "value", precision)) != "fp32":
-        raise UsageError(f"{weights.name} runs in the precision it was exported in; --precision applies to "
-                         "torch checkpoints only")
 
 
 class Predictor:

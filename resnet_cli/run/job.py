@@ -135,7 +135,10 @@ def make_job(inputs: list[str], weights: Resolved, task: Task, options: RunOptio
         for arg in inputs:
             if cloud.is_cloud(arg):
                 cloud.require(arg)
+    from ..models.formats import check_exported
     from ..models.weights import ensure_available
+
+    check_exported(weights, options.device, options.precision)  # an exported file: CPU, its own precision
 
     ensure_available(weights, offline=options.offline)  # offline without the weights: fail before any input
     network = Network(offline=options.offline)

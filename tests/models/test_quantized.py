@@ -143,7 +143,8 @@ def test_int8_features_are_torchvisions_dequantized_pooled_features(quantized_ch
         assert torch.equal(ours(x), tv(x))
 
 
-def test_int8_weights_run_on_the_cpu_in_fp32_only(quantized_checkpoint, cli):
+def test_int8_weights_run_on_the_cpu_in_fp32_only_and_export_as_their_float_weights(quantized_checkpoint, cli,
+                                                                                       tmp_path):
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     install(quantized_checkpoint("resnet18"), spec)
     res = cli(PHOTOS[0], "-w", spec.full_name, "--precision", "bf16", "--offline")
@@ -152,6 +153,9 @@ def test_int8_weights_run_on_the_cpu_in_fp32_only(quantized_checkpoint, cli):
     assert res.code == 2, res.stderr
     res = cli("explain", PHOTOS[0], "-w", spec.full_name, "--offline")
     assert res.code == 2 and "ResNet18_Weights.IMAGENET1K_V1" in res.stderr
+    res = cli("export", "-w", spec.full_name, "-o", tmp_path / "m.onnx", "--offline")
+    assert res.code == 2 and "-w ResNet18_Weights.IMAGENET1K_V1 --int8" in res.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_float_checkpoint_in_the_int8_weights_place_is_refused(checkpoint, cli):

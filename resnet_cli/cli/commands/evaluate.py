@@ -179,7 +179,7 @@ def _check_models(runs, data_set, *, offline: bool, quiet: bool, problems: list[
         try:
             if resolved.spec is not None:
                 fetch(resolved.spec, offline=offline, quiet=quiet)
-            else:
+            elif resolved.runtime == "torch":  # an exported file's metadata was checked when it was resolved
                 check_checkpoint(resolved.arch, resolved.name)
             labelled.match(data_set.labels, class_names(resolved), model=resolved.arch.name)
         except UsageError as exc:

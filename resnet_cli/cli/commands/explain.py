@@ -98,6 +98,9 @@ def command(
     if resolved.spec is not None and resolved.spec.quantized:
         raise UsageError(f"explain needs a float network (its maps are gradients); {resolved.name} are int8 weights: "
                          f"explain with {resolved.arch.enum}.{resolved.spec.unquantized}, the weights they quantize")
+    if resolved.runtime != "torch":
+        raise UsageError(f"--weights {weights}: an exported model; explain needs the torch network's gradients: "
+                         "give the checkpoint it was exported from")
     block = cam.resolve_layer(layer, resolved.arch)
     task = Explain(method.value, block, cam.block_position(block, resolved.arch), _target(target, resolved),
                    topk)

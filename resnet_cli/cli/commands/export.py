@@ -82,11 +82,25 @@ def command(
     from ...outputs.paths import check_location, check_outputs
 
     need(fmt)
+    from ...models.export import MAX_OPSET, MIN_OPSET
+
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset must be from {MIN_OPSET} to {MAX_OPSET} (got {opset})")
     check_location("--output", output)
-    outputs = [("--output", output)] + ([("--output", bin_path(output))] if fmt == "openvino" else [])
+    outputs = [("--output", output)]
+    if fmt == "openvino":  # the .bin beside it: a name the tool chose, never a link followed
+        weights_file = bin_path(output)
+        if os.path.islink(weights_file) or (os.path.lexists(weights_file) and not os.path.isfile(weights_file)):
+            raise UsageError(f"-o {output}: {weights_file} (its weights file) is a link or not a regular file; "
+                             "remove it or choose another name")
+        outputs.append(("--output", weights_file))
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
     if resolved.runtime != "torch":
         raise UsageError(f"--weights {weights}: already an exported model; export from the checkpoint it came from")
+    if resolved.spec is not None and resolved.spec.quantized:
+        raise UsageError(f"--weights {weights}: torchvision's int8 weights run in torch only (fbgemm); for an int8 "
+                         f"file, export the float weights they quantize with --int8: -w "
+                         f"{resolved.arch.enum}.{resolved.spec.unquantized} --int8 --calibrate DIR")
     if not int8 and (calibrate or keep_fp32 or min_agreement != 0.98):
         raise UsageError("--calibrate, --min-agreement and --keep-fp32 go with --int8")
     if int8 and not calibrate:

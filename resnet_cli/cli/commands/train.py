@@ -78,6 +78,9 @@ def command(
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights).resolve()
+    if resolved.runtime != "torch":
+        raise UsageError(f"--weights {weights}: an exported model; train builds on the torch network: "
+                         "give the checkpoint it was exported from")
     train_set = labelled.read(data)
     val_set = labelled.read(val_data) if val_data else None
     check_outputs([data] + ([val_data] if val_data else []), [("--output", output)], recursive=True,

@@ -12,8 +12,6 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from checkpoints import PHOTOS
 
-pytest.importorskip("onnxruntime")
-
 
 def augment(img: Image.Image, rng: random.Random) -> Image.Image:
     w, h = img.size
