@@ -23,29 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from checkpoints import PHOTOS, make_checkpoint  # noqa: E402
-from resnet_cli.models import preprocess as pp  # noqa: E402
-from resnet_cli.models.resolve import resolve  # noqa: E402
-from resnet_cli.models.weights import load  # noqa: E402
+from checkpoints import PHOTOS, augment, make_checkpoint
+
+from resnet_cli.models import preprocess as pp
+from resnet_cli.models.resolve import resolve
+from resnet_cli.models.weights import load
 
 BATCH = 32
-
-
-def augment(img: Image.Image, rng: random.Random) -> Image.Image:
-    w, h = img.size
-    s = rng.uniform(0.6, 0.95)
-    cw, ch = int(w * s), int(h * s)
-    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    out = img.crop((x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        out = ImageOps.mirror(out)
-    out = ImageEnhance.Color(out).enhance(rng.uniform(0.6, 1.4))
-    return ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
 
 
 def make_sets(root: Path, per_class: int, seed: int) -> dict[str, Path]:
@@ -112,9 +101,10 @@ def main() -> None:
     runners["torch fp32 (eager)"] = fp32
 
     # torch FX, x86 backend: per-channel weights (get_default_qconfig_mapping("x86"))
+    import copy
+
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-    import copy
     t = time.perf_counter()
     torch.backends.quantized.engine = "x86"
     prepared = prepare_fx(copy.deepcopy(module), get_default_qconfig_mapping("x86"), (calib[:1],))
@@ -130,9 +120,10 @@ def main() -> None:
     runners["torch FX x86"] = fx_run
 
     # ONNX: the fp32 export, then ONNX Runtime's quantize_static, QDQ, per-channel
-    from resnet_cli.models.export import to_onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from resnet_cli.models.export import to_onnx
     fp32_onnx = work / "fp32.onnx"
     to_onnx(module, pre.crop, str(fp32_onnx), {})
 

@@ -3,15 +3,16 @@ in-process CLI."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from checkpoints import PHOTOS, make_checkpoint, make_quantized_checkpoint
 
 
@@ -120,3 +121,26 @@ def patched_url(monkeypatch):
 
     yield patch
     registry.architectures.cache_clear()
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """(base URL, {path: body}): an HTTP server on 127.0.0.1 serving what the test puts in the dict."""
+    served: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = served.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()

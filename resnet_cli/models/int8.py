@@ -254,8 +254,7 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
     left at `output` then (a file already there stays as it was)."""
     import onnx
 
-    from ..core.files import AtomicFile
-    from .export import DEFAULT_OPSET, metadata, to_onnx
+    from .export import DEFAULT_OPSET, commit_files, metadata, open_targets, to_onnx
 
     check_min_agreement(min_agreement)
     modules = dict(module.named_modules())
@@ -271,11 +270,7 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
     work = tempfile.mkdtemp(prefix=".export-int8-", dir=folder)
     atomics = []
     try:
-        for path in targets:
-            try:
-                atomics.append(AtomicFile(path, follow=path == output))
-            except OSError as exc:
-                raise UsageError(f"-o {output}: {path}: {exc.strerror or exc}") from None
+        open_targets(output, targets, atomics)
         start = time.perf_counter()
         fp32_path = os.path.join(work, "fp32.onnx")
         to_onnx(module, weights.preprocess.crop, fp32_path, {}, opset)
@@ -300,11 +295,7 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
                                    names, labels, reference, min_agreement)
                 text += "; " + advice(rows, keep)
             raise UsageError(text)
-        for atomic, path in zip(atomics, paths):
-            atomic.file.close()
-            os.replace(path, atomic.tmp)
-            atomic.file = open(atomic.tmp, "ab")  # for commit's fsync
-            atomic.commit()
+        commit_files(atomics, paths)
     except BaseException:
         for atomic in atomics:
             atomic.abort()

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.server
 import json
 import shutil
-import threading
 from importlib import resources
 
 import pytest
 import torch
+from checkpoints import PHOTOS
 from PIL import Image
 from torchvision.models import quantization
 
-from checkpoints import PHOTOS
 from resnet_cli.core.errors import UsageError
 from resnet_cli.models import quantized, registry, resolve, state_dicts
 from resnet_cli.models.weights import cached_file
@@ -90,7 +88,7 @@ def test_int8_names_resolve_as_torchvision_names_them(arch, name, expected):
     resolved = resolve.resolve(arch, name)
     assert resolved.name == expected
     if "Quantized" in expected:
-        enum, member = expected.split(".")
+        enum = expected.split(".")[0]
         tv = getattr(quantization, enum)[name.split(".")[-1].upper()]
         assert (resolved.spec.name, resolved.preprocess.resize) == (tv.name, tv.transforms().resize_size[0])
 
@@ -178,24 +176,10 @@ def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, 
 
 
 @pytest.fixture
-def int8_server(monkeypatch):
-    """resnet18's int8 weights served from this machine, under a file name shaped as the published one
-    (resnet18_fbgemm_<8 hex>.pth: an underscore before the hash)."""
-    served: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            body = served.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def int8_server(weights_server, monkeypatch):
+    """serve(body, sha): resnet18's int8 weights served from this machine, under a file name shaped as the
+    published one (resnet18_fbgemm_<8 hex>.pth: an underscore before the hash)."""
+    base, served = weights_server
     data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
 
     def serve(body: bytes, sha: str) -> None:
@@ -203,14 +187,12 @@ def int8_server(monkeypatch):
         served[name] = body
         d = copy.deepcopy(data)
         w = d["architectures"]["resnet18"]["quantized"]["weights"]["IMAGENET1K_FBGEMM_V1"]
-        w["url"], w["sha256_prefix"] = f"http://127.0.0.1:{server.server_address[1]}{name}", sha
+        w["url"], w["sha256_prefix"] = f"{base}{name}", sha
         monkeypatch.setattr(registry, "_data", lambda: d)
         registry.architectures.cache_clear()
 
     yield serve
     registry.architectures.cache_clear()
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.timeout(60)

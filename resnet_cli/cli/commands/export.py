@@ -180,6 +180,9 @@ def _print(report: dict) -> None:
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()
         return
+    if report.get("precision") == "int8":
+        _print_int8(report)
+        return
     p = report["parity"]
     sizes = ", ".join(f"{path} ({size / 1e6:.1f} MB)" for path, size in report["files"].items())
     print(f"{report['model']}: {report['arch']} from {report['weights']}, {report['format']}"
@@ -202,13 +205,10 @@ def _int8(loaded, resolved, fmt, output, calibration, batch, names, min_agreemen
     report = export_int8(loaded.module, resolved, loaded.labels, fmt, output, calib, batch, names,
                          min_agreement=min_agreement, keep=keep, opset=opset)
     report["agreement"]["photos"] = photos
-    from ...core.console import isatty
-    from ...outputs.writers import dumps
+    _print(report)
 
-    if not isatty(sys.stdout):
-        sys.stdout.write(dumps(report) + "\n")
-        sys.stdout.flush()
-        return
+
+def _print_int8(report: dict) -> None:
     a = report["agreement"]
     sizes = ", ".join(f"{path} ({size / 1e6:.1f} MB)" for path, size in report["files"].items())
     kept = f", {', '.join(report['kept_fp32'])} kept in fp32" if report["kept_fp32"] else ""

@@ -8,20 +8,8 @@ import json
 import random
 
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
-
-from checkpoints import PHOTOS
-
-
-def augment(img: Image.Image, rng: random.Random) -> Image.Image:
-    w, h = img.size
-    s = rng.uniform(0.6, 0.95)
-    cw, ch = int(w * s), int(h * s)
-    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    out = img.crop((x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        out = ImageOps.mirror(out)
-    return ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
+from checkpoints import PHOTOS, augment
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
