@@ -26,7 +26,8 @@ ArchOpt = Annotated[Optional[str], typer.Option(
 WeightsOpt = Annotated[str, typer.Option(
     "--weights", "-w", metavar="WEIGHTS",
     help="Published weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2 or an enum-qualified name such as "
-    "ResNet50_Weights.IMAGENET1K_V2) or a checkpoint file (.pth/.pt in torchvision's layout, or .safetensors).")]
+    "ResNet50_Weights.IMAGENET1K_V2), a checkpoint file (.pth/.pt in torchvision's layout, or .safetensors), or a "
+    "model `export` wrote (.onnx, OpenVINO .xml).")]
 TopkOpt = Annotated[Optional[int], typer.Option(
     "--topk", "-k", min=1, metavar="K", show_default=False,
     help="How many classes to report per image. Default: 5, or every class of a model with fewer.")]

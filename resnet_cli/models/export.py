@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import UsageError
-from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need
+from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need, reason
 from .preprocess import normalize
 from .resolve import Resolved
 
@@ -102,12 +102,16 @@ def metadata(weights: Resolved, labels: tuple[str, ...], fmt: str, opset: int | 
 def to_onnx(module, crop: int, path: str, meta: dict, opset: int = DEFAULT_OPSET) -> None:
     """Write `module` (model.ResNet, eval) as a single-file ONNX model at `path`, batch axis dynamic, with `meta`
     as its metadata. Raises UsageError when the exporter fails."""
-    need("onnx")
     import contextlib
     import io
     import warnings
 
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
+    except ImportError:
+        raise UsageError("export needs the onnx package and onnxscript: pip install 'resnet-classify[onnx]'"
+                         ) from None
 
     graph = _Graph(copy.deepcopy(module).float().eval())
     example = torch.zeros(2, 3, crop, crop)
@@ -118,8 +122,8 @@ def to_onnx(module, crop: int, path: str, meta: dict, opset: int = DEFAULT_OPSET
                 graph, (example,), None, dynamo=True, external_data=False, opset_version=opset,
                 input_names=[INPUT], output_names=[LOGITS, FEATURES], verbose=False,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
-    except Exception as exc:  # torch.onnx's and torch.export's own error types
-        raise UsageError(f"the ONNX exporter failed: {_first(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - torch.onnx and torch.export raise many types of their own
+        raise UsageError(f"the ONNX exporter failed: {reason(exc)}") from None
     proto = program.model_proto
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
@@ -146,12 +150,15 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preprocess, names: list[str]) -> Parity:
     """The exported `model` against the torch `module` (model.ResNet, eval, float32) on `batch_u8`, (N, crop,
-    crop, 3) uint8 images named `names`: each image alone (batch 1), then all N at once. Top-5 must be identical
+    crop, 3) uint8 images named `names`: each image alone (batch 1), then all N at once (one image: twice). Top-5 must be identical
     and probabilities within PROB_TOLERANCE, features within FEATURE_TOLERANCE (relative); the first failure
     is named in `failure`."""
     from .runtimes import open_forward
 
     forward = open_forward(model)
+    images = len(batch_u8)
+    if images == 1:  # a larger batch needs two images: the one photo twice
+        batch_u8, names = torch.cat([batch_u8, batch_u8]), names * 2
     x = normalize(batch_u8, preprocess).contiguous()
     n = len(x)
     with torch.inference_mode():
@@ -161,8 +168,8 @@ def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preproces
     top = min(TOP, ref_probs.shape[1])
     ref_top = ref_probs.topk(top, dim=1).indices
     scale = float(ref_features.abs().max().clamp_min(1e-12))
-    parity = Parity(n, (1, n) if n > 1 else (1,))
-    runs = [(1, [(i, x[i:i + 1]) for i in range(n)])] + ([(n, [(0, x)])] if n > 1 else [])
+    parity = Parity(images, (1, n))
+    runs = [(1, [(i, x[i:i + 1]) for i in range(images)]), (n, [(0, x)])]
     for batch, parts in runs:
         for start, part in parts:
             logits = forward(part)
@@ -203,8 +210,6 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
         raise UsageError(f"--opset must be from {MIN_OPSET} to {MAX_OPSET} (got {opset})")
     opset = opset or DEFAULT_OPSET
     need(fmt)
-    if fmt == "openvino":
-        need("onnx")
     meta = metadata(weights, labels, fmt, opset)
     folder = os.path.dirname(os.path.abspath(output))
     targets = [output] if fmt == "onnx" else [bin_path(output), output]
@@ -266,10 +271,5 @@ def commit_files(atomics: list, produced: list[str]) -> None:
     for atomic, path in zip(atomics, produced):
         atomic.file.close()
         os.replace(path, atomic.tmp)
-        atomic.file = open(atomic.tmp, "ab")  # for commit's fsync
+        atomic.file = open(atomic.tmp, "ab")  # noqa: SIM115 - for commit's fsync; commit closes it
         atomic.commit()
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..core.errors import UsageError
+from ..core.errors import UsageError, first_line
 
 KINDS = {".onnx": "onnx", ".xml": "openvino"}  # extension -> runtime
 RUNTIME_NAMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -64,6 +64,14 @@ def need(kind: str):
                          f"pip install 'resnet-classify[{EXTRAS[kind]}]'") from None
 
 
+def reason(exc: BaseException) -> str:
+    """A runtime's or exporter's error for one line of ours: its first line, control characters escaped (a
+    hostile file's names may be quoted in it), at most 200 characters."""
+    from ..core.console import printable
+
+    return printable(first_line(exc))[:200]
+
+
 def check_exported(weights, device: str, precision) -> None:
     """A usage error when `--device`/`--precision` ask an exported model (resolve.Resolved with a runtime other
     than torch) for what its runtime does not do here: it runs on the CPU (`--device auto` or `cpu`), in the
@@ -100,7 +108,7 @@ def raw_metadata(path: str, kind: str, limit: int) -> str | None:
         try:
             model = onnx.load(path, load_external_data=False)
         except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-            raise UsageError(f"model {path}: not an ONNX model ({_first(exc)})") from None
+            raise UsageError(f"model {path}: not an ONNX model ({reason(exc)})") from None
         if not model.graph.node:
             raise UsageError(f"model {path}: not an ONNX model (no graph)")
         for tensor in model.graph.initializer:
@@ -115,8 +123,8 @@ def raw_metadata(path: str, kind: str, limit: int) -> str | None:
         _check_size(bin_path(path))
         try:
             model = ov.Core().read_model(path)
-        except Exception as exc:  # OpenVINO raises RuntimeError, or its own Exception subclasses
-            raise UsageError(f"model {path}: not an OpenVINO IR ({_first(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError and types of its own
+            raise UsageError(f"model {path}: not an OpenVINO IR ({reason(exc)})") from None
         raw = (model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None)
     if raw is not None and len(raw) > limit:
         raise UsageError(f"model {path}: its metadata {METADATA_KEY!r} is over {limit >> 20} MiB")
@@ -134,7 +142,3 @@ def read_blobs(path: str, kind: str, num_classes: int) -> ExportedModel:
     except OSError as exc:
         raise UsageError(f"model {path}: {exc.strerror or exc}") from None
 
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

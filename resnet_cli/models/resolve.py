@@ -20,6 +20,9 @@ then what the weights say, then the default.
   architecture, preprocessing and class names: it needs no --arch and no --labels. Metadata that is malformed
   (not an object, a field missing or of the wrong type, a size out of bounds) is a usage error naming the file
   and the field.
+- A model `resnet-classify export` wrote (`.onnx`, or an OpenVINO `.xml`; formats.kind_of decides by the
+  extension) names the same in its own metadata (formats.py) and is run by its runtime (`Resolved.runtime`).
+  Its crop is the graph's: `--crop` may not change it, `--resize` may.
 - Sizes are bounded: resize at most MAX_RESIZE and crop at most MAX_CROP pixels, whether from the options or
   a model's metadata.
 
@@ -317,9 +320,11 @@ def _resolve(arch: str | None, weights: str, resize: int | None, crop: int | Non
             raise UsageError(f"{weights} is a {a.name} model; leave out --arch or give --arch {a.name}")
         p = meta["preprocess"]
         pre = Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
-        if kind and (resize, crop) != (None, None) and _override(pre, resize, crop).crop != pre.crop:
+        if kind and crop is not None and crop != pre.crop:
             raise UsageError(f"{weights} was exported for {pre.crop}-pixel crops; --crop cannot change that "
                              f"(give --resize alone, or export again with --crop)")
+        if kind and resize is not None:
+            crop = pre.crop  # --resize alone keeps the graph's crop, not the crop-to-resize ratio
         return Resolved(a, None, weights, _override(pre, resize, crop), tuple(meta["labels"]),
                         runtime=kind or "torch")
     if not is_file:

@@ -14,7 +14,8 @@ Settings, both on the CPU:
   An int8 model keeps its int8 layers either way: the hint governs the float ones.
 
 `make_predictor` is the one factory the engines (local, Ray) and the API use, for torch networks and exported
-files alike. `open_forward` is also what `export` checks a new file with, so the check runs exactly what `classify` runs.
+files alike. `open_forward` is also what `export` checks a new file with, so the check runs exactly what
+`classify` runs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from ..core.errors import UsageError
 from .devices import forward_batch
-from .formats import FEATURES, INPUT, LOGITS, RUNTIME_NAMES, ExportedModel, need
+from .formats import FEATURES, INPUT, LOGITS, RUNTIME_NAMES, ExportedModel, need, reason
 from .inference import Predictor
 from .registry import Preprocess
 
@@ -60,8 +61,8 @@ class OnnxForward(_Forward):
         options.log_severity_level = 3  # errors only: its warnings are not the user's business
         try:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
-            raise UsageError(f"model {source}: ONNX Runtime cannot load it ({_first(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (Fail, InvalidGraph, ...)
+            raise UsageError(f"model {source}: ONNX Runtime cannot load it ({reason(exc)})") from None
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         _check_graph(source, inputs, outputs)
@@ -84,8 +85,8 @@ class OpenVinoForward(_Forward):
                                     weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
             self.compiled = core.compile_model(model, "CPU", {
                 "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
-        except Exception as exc:  # OpenVINO's RuntimeError and its own exception types
-            raise UsageError(f"model {source}: OpenVINO cannot load it ({_first(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError and types of its own
+            raise UsageError(f"model {source}: OpenVINO cannot load it ({reason(exc)})") from None
 
         def shape(port) -> list:
             return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
@@ -171,7 +172,3 @@ def make_predictor(module, preprocess: Preprocess, *, device: torch.device, dtyp
         return ExportedPredictor(module, preprocess, num_classes=module.num_classes)
     return Predictor(module, preprocess, device=device, dtype=dtype)
 
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

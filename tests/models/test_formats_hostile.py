@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from checkpoints import PHOTOS
 
 CROP = 32

@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from ...core.errors import UsageError
-from ..options import ArchOpt, CropOpt, LabelsOpt, OfflineOpt, QuietOpt, ResizeOpt, WeightsOpt
+from ..options import ArchOpt, CropOpt, LabelsOpt, OfflineOpt, QuietOpt, ResizeOpt
 
 MAX_CHECK = 32  # images the parity check runs, each alone and all together
 INT8_CHECK = 500  # held-out images the int8 agreement is measured on
@@ -41,7 +41,10 @@ def command(
         "--output", "-o", metavar="FILE", show_default=False,
         help="Where the model goes: FILE.onnx, or FILE.xml (and FILE.bin beside it) for OpenVINO.")],
     arch: ArchOpt = None,
-    weights: WeightsOpt = "DEFAULT",
+    weights: Annotated[str, typer.Option(
+        "--weights", "-w", metavar="WEIGHTS",
+        help="Published weights (DEFAULT, IMAGENET1K_V1, ... as classify takes them), a checkpoint file (.pth/.pt, "
+        ".safetensors) or a model made by train.")] = "DEFAULT",
     format: Annotated[Optional[ExportFormat], typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="onnx or openvino. Default: from -o's extension (.onnx, .xml).")] = None,

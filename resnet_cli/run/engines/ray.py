@@ -221,7 +221,7 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     rows = None
     try:
         actor_device, actors = _plan(ray, job)
-        if job.weights.runtime != "torch":  # an exported file runs on CPUs (inference.check_exported)
+        if job.weights.runtime != "torch":  # an exported file runs on CPUs (formats.check_exported)
             actor_device = "cpu"
         # CPU actors: the precision is checked on this CPU, as the cluster's are taken to be alike. GPUs: what
         # they run is theirs to say.

@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from checkpoints import PHOTOS, SAMPLES
 
 
@@ -47,7 +46,7 @@ def test_export_writes_both_formats_with_metadata_and_a_passed_parity_check(expo
     ckpt, files, reports = exported
     assert sorted(os.listdir(files["onnx"].parent)) == ["onnx.json", "openvino.json", "r18.bin", "r18.onnx",
                                                          "r18.xml"]
-    for fmt, report in reports.items():
+    for report in reports.values():
         p = report["parity"]
         assert p["images"] == len(PHOTOS) and p["batches"] == [1, len(PHOTOS)] and p["top5_identical"]
         assert p["max_prob_diff"] <= p["tolerance"]["probability"] == 1e-4
@@ -166,9 +165,15 @@ def test_a_trained_model_exports_with_its_classes_and_classifies_alike(checkpoin
     save(str(trained), resolve("resnet18", str(checkpoint("resnet18")), crop=96), ["ant", "bee", "cat"], w, b,
          offline=True, quiet=True)
     out = tmp_path / "trained.onnx"
-    res = cli("export", "-w", trained, "-o", out)
+    check = tmp_path / "check"  # --check DIR: the user's own photos, here two of them
+    check.mkdir()
+    for photo in PHOTOS[:2]:
+        shutil.copy(photo, check / photo.name)
+    res = cli("export", "-w", trained, "-o", out, "--check", check)
     assert res.code == 0, res.stderr
-    assert json.loads(res.text)["arch"] == "resnet18"
+    report = json.loads(res.text)
+    assert report["arch"] == "resnet18" and report["parity"]["batches"] == [1, 2]
+    assert report["parity"]["photos"] == str(check)
     base = cli(SAMPLES, "-w", trained, "-f", "jsonl").jsonl()
     records = cli(SAMPLES, "-w", out, "-f", "jsonl").jsonl()
     assert [[t["label"] for t in r["topk"]] for r in records] == [[t["label"] for t in r["topk"]] for r in base]
@@ -186,6 +191,9 @@ def test_exported_files_refuse_what_their_runtime_does_not_do(exported, cli):
     assert res.code == 2 and "explain needs the torch network" in res.stderr
     res = cli(PHOTOS[0], "-w", path, "--crop", "200")
     assert res.code == 2 and "exported for 224-pixel crops" in res.stderr
+    res = cli(PHOTOS[0], "-w", path, "--resize", "300", "-f", "jsonl")  # the resize may change, the crop stays
+    assert res.code == 0, res.stderr
+    assert res.jsonl()[0]["preprocess"] == {"resize": 300, "crop": 224}
     res = cli("export", "-w", path, "-o", path.parent / "again.onnx")
     assert res.code == 2 and "already an exported model" in res.stderr
 
@@ -200,6 +208,10 @@ def test_export_checks_its_output_before_any_work(checkpoint, cli, tmp_path):
     assert res.code == 2 and "does not exist" in res.stderr
     res = cli("export", "-w", ckpt, "-o", tmp_path / "m.onnx", "--opset", "7")
     assert res.code == 2 and "--opset must be from 18 to 23" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = cli("export", "-w", ckpt, "-o", tmp_path / "m.onnx", "--check", tmp_path / "empty")
+    assert res.code == 2 and "no image files in it" in res.stderr
+    os.rmdir(tmp_path / "empty")
     # The .bin beside an .xml is a name the tool chose: a symlink there is not followed, nor written through
     victim = tmp_path / "victim"
     victim.write_text("keep")
