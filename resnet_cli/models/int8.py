@@ -7,7 +7,7 @@ checked against the float network on held-out photos before anything is written.
     fast bias correction), saved with fp32 for what stays float (compress_to_fp16=False);
   - `--format onnx`: ONNX Runtime's `quantize_static`, QDQ format, per-channel int8 weights, uint8 activations
     (MinMax calibration): QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels.
-  On this tool's benchmark CPU (AVX-512 VNNI) the OpenVINO IR ran a resnet18 1.7x faster than the ONNX QDQ model
+  On this tool's benchmark CPU (AVX-512 VNNI) the OpenVINO IR ran a resnet18 1.8x faster than the ONNX QDQ model
   and torch's own x86 FX quantization, with the same agreement (docs/export.md): OpenVINO is the recommended
   int8 format.
 - The check (always): the int8 file run exactly as `classify` runs it (runtimes.ExportedPredictor: fixed-shape

@@ -155,7 +155,7 @@ def _check_sources(check: str | None, option: str = "--check", limit: int = MAX_
     return [Source(os.path.join(folder, n)) for n in names[:limit]]
 
 
-def _check_images(sources: list, pre):
+def _check_images(sources: list, pre, option: str = "--check"):
     """((N, crop, crop, 3) uint8, names, note): the sources decoded as classify decodes them, or SYNTHETIC
     seeded random images when there are none. An image that cannot be read is a usage error naming it."""
     import torch
@@ -171,7 +171,7 @@ def _check_images(sources: list, pre):
     prepared = [prepare(s, pre) for s in sources]
     for p in prepared:
         if p.error is not None:
-            raise UsageError(f"--check: {p.path}: {p.error.message}")
+            raise UsageError(f"{option}: {p.path}: {p.error.message}")
     return stack(prepared, pre.crop), [p.path for p in prepared], None
 
 
@@ -203,7 +203,7 @@ def _int8(loaded, resolved, fmt, output, calibration, batch, names, min_agreemen
 
     if not calibration:
         raise UsageError(f"--calibrate {calibrate}: no image files in it")
-    calib, _, _ = _check_images(calibration, resolved.preprocess)
+    calib, _, _ = _check_images(calibration, resolved.preprocess, "--calibrate")
     keep = tuple(k.strip() for k in (keep_fp32 or "").split(",") if k.strip())
     report = export_int8(loaded.module, resolved, loaded.labels, fmt, output, calib, batch, names,
                          min_agreement=min_agreement, keep=keep, opset=opset)
