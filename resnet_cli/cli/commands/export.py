@@ -115,6 +115,8 @@ def command(
     check_outputs([d for d in (check, calibrate) if d], outputs, recursive=False, reads=(weights, labels))
     sources = _check_sources(check, limit=INT8_CHECK if int8 else MAX_CHECK)
     calibration = _check_sources(calibrate, "--calibrate", CALIBRATE) if int8 else []
+    if int8 and not sources:
+        raise UsageError("--int8 needs --check DIR: held-out photos like yours, apart from --calibrate's")
 
     from ...models.export import export
     from ...models.weights import ensure_available, load
