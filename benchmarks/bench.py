@@ -94,6 +94,19 @@ def prepare(work: Path, sets: list[str]) -> dict:
         subprocess.run([CLI, "export", "-a", "resnet50", "-w", str(ckpt), "-o", str(ours_onnx), "-q"], check=True,
                        capture_output=True)
     folders = {s: make_set(s, work / s) for s in sets}
+    # int8: ours (export --int8, OpenVINO + NNCF through our pipeline) and OpenVINO's own int8 loop (NNCF on the
+    # same calibration photos: the imagenet set's first 300 by name); the seeded checkpoint's head is random, so
+    # its agreement says little (docs/export.md): --min-agreement 0 writes it whatever it is
+    ours_int8 = work / "resnet50-seeded-int8.xml"
+    if not ours_int8.exists():
+        res = subprocess.run([CLI, "export", "-a", "resnet50", "-w", str(ckpt), "-o", str(ours_int8), "--int8",
+                              "--calibrate", str(folders["imagenet"]), "--check", str(folders["imagenet"]),
+                              "--min-agreement", "0", "-q"], check=True, capture_output=True)
+        (work / "resnet50-seeded-int8.json").write_bytes(res.stdout)
+    nncf_int8 = work / "resnet50-nncf-int8.xml"
+    if not nncf_int8.exists():
+        subprocess.run([PY, str(HERE / "nncf_loop_model.py"), str(onnx), str(folders["imagenet"]), str(nncf_int8)],
+                       check=True, capture_output=True)
     # evaluate's throughput: the same images as a labelled manifest (the labels do not change the work)
     manifests = {}
     for s, folder in folders.items():
@@ -101,7 +114,7 @@ def prepare(work: Path, sets: list[str]) -> dict:
         rows = "".join(f"{Path(folder).name}/{p.name},0\n" for p in sorted(Path(folder).glob("*.jpg")))
         manifests[s].write_text("path,label\n" + rows)
     return {"ckpt": str(ckpt), "onnx": str(onnx), "ours_onnx": str(ours_onnx), "folders": folders,
-            "manifests": manifests}
+            "manifests": manifests, "ours_int8": str(ours_int8), "nncf_int8": str(nncf_int8)}
 
 
 def cli_of(checkout: str | None) -> list[str]:
@@ -127,6 +140,10 @@ def configs(setname: str, env: dict, only: set[str] | None, exact: set[str] | No
         # the same network exported by `resnet-classify export`, run by ONNX Runtime through our pipeline
         "ours --weights model.onnx": [CLI, folder, "-w", env["ours_onnx"], "-q", "-f", "jsonl"],
         "ours --fast-decode": ours + ["--fast-decode"],
+        # int8: our export --int8 file through our pipeline, against OpenVINO's own int8 loop (runtime_loop.py on
+        # the IR NNCF made from the same calibration photos)
+        "ours --weights model-int8.xml": [CLI, folder, "-w", env["ours_int8"], "-q", "-f", "jsonl"],
+        "openvino int8": [PY, str(HERE / "runtime_loop.py"), "openvino", env["nncf_int8"], folder],
         "ours evaluate": [CLI, "evaluate", str(env["manifests"][setname]), "-a", "resnet50", "-w", ckpt, "-q",
                           "-f", "json"],
         "ours embed": [CLI, "embed", folder, "-a", "resnet50", "-w", ckpt, "-q", "-o",
@@ -149,6 +166,8 @@ def configs(setname: str, env: dict, only: set[str] | None, exact: set[str] | No
         out.pop("ours explain")
         out.pop("ours --report")
         out.pop("openvino")
+        out.pop("openvino int8")
+        out.pop("ours --weights model-int8.xml")
         out.pop("ours --precision bf16")
         out.pop("baseline --precision bf16", None)
     if exact is not None:  # --configs: these configurations and no others
@@ -213,7 +232,8 @@ def bench_cold(env: dict, runs: int) -> list[dict]:
 
 
 def agreement(env: dict) -> list[dict]:
-    """How often bf16 (imagenet set + sample photos) and --fast-decode (12mp set) keep fp32's answers."""
+    """How often bf16 (imagenet set + sample photos), --fast-decode (12mp set) and the int8 models (imagenet set:
+    ours against ours in fp32, OpenVINO's int8 loop against its fp32 loop) keep fp32's answers."""
     def preds(folder, *extra):
         res = subprocess.run([CLI, str(folder), "-a", "resnet50", "-w", env["ckpt"], "-f", "jsonl", "-q", *extra],
                              capture_output=True, check=True)
@@ -231,6 +251,21 @@ def agreement(env: dict) -> list[dict]:
         dp = max(abs(a["topk"][0]["probability"] - b["topk"][0]["probability"]) for a, b in zip(exact, other))
         out.append({"what": what, "set": setname, "images": len(exact), "top1_same": top1, "top5_same_set": top5,
                     "max_top1_prob_diff": round(dp, 4)})
+    folder = env["folders"]["imagenet"]
+    exact = preds(folder)
+    res = subprocess.run([CLI, str(folder), "-w", env["ours_int8"], "-f", "jsonl", "-q"], capture_output=True,
+                         check=True)
+    int8 = [json.loads(x) for x in res.stdout.splitlines()]
+    out.append({"what": "ours int8 (export --int8, OpenVINO + NNCF)", "set": "imagenet", "images": len(exact),
+                "top1_same": sum(a["topk"][0]["index"] == b["topk"][0]["index"] for a, b in zip(exact, int8))})
+
+    def loop(model):  # runtime_loop.py prints "name label probability" per image
+        res = subprocess.run([PY, str(HERE / "runtime_loop.py"), "openvino", model, str(folder)],
+                             capture_output=True, check=True, text=True)
+        return [line.split(" ")[1:-1] for line in res.stdout.splitlines()]
+    a, b = loop(env["onnx"]), loop(env["nncf_int8"])
+    out.append({"what": "OpenVINO int8 loop (NNCF) against its fp32 loop", "set": "imagenet", "images": len(a),
+                "top1_same": sum(x == y for x, y in zip(a, b))})
     return out
 
 

@@ -51,3 +51,49 @@ def make_checkpoint(arch: str, path: Path, seed: int = 0, num_classes: int = 100
             m.momentum = 0.1
     torch.save(model.state_dict(), path)
     return path
+
+
+def make_quantized_checkpoint(arch: str, path: Path, seed: int = 0) -> Path:
+    """A seeded stand-in for torchvision's int8 weights of `arch`, made as torchvision made them (eager-mode
+    post-training quantization, `torchvision.models.quantization.utils.quantize_model`'s fbgemm qconfig: a
+    MinMax observer per tensor for activations, per channel for weights): the seeded float checkpoint above
+    loaded into torchvision's QuantizableResNet, fused, calibrated on the sample photos, converted and saved with
+    `torch.save(model.state_dict())`."""
+    import torch
+    import torchvision
+    from PIL import Image
+    from torchvision.models import quantization
+
+    float_path = make_checkpoint(arch, path.with_name(path.stem + "-float.pth"), seed)
+    torch.backends.quantized.engine = "fbgemm"
+    model = getattr(quantization, arch)(weights=None, quantize=False)
+    model.load_state_dict(torch.load(float_path, weights_only=True))
+    model.eval()
+    model.fuse_model()
+    model.qconfig = torch.ao.quantization.QConfig(activation=torch.ao.quantization.default_observer,
+                                                  weight=torch.ao.quantization.default_per_channel_weight_observer)
+    torch.ao.quantization.prepare(model, inplace=True)
+    tf = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    with torch.no_grad():
+        model(torch.stack([tf(Image.open(p).convert("RGB")) for p in PHOTOS]))
+    torch.ao.quantization.convert(model, inplace=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def augment(img, rng):
+    """A random crop (60-95 % of each side), a mirror half the time, colour and brightness moved, rescaled: a
+    new photo of the same subject, for training and held-out sets made from the sample photos."""
+    from PIL import ImageEnhance, ImageOps
+
+    w, h = img.size
+    s = rng.uniform(0.6, 0.95)
+    cw, ch = int(w * s), int(h * s)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    out = img.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        out = ImageOps.mirror(out)
+    out = ImageEnhance.Color(out).enhance(rng.uniform(0.6, 1.4))
+    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
+    scale = rng.uniform(0.5, 1.2)
+    return out.resize((max(32, int(out.width * scale)), max(32, int(out.height * scale))))

@@ -3,16 +3,17 @@ in-process CLI."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from checkpoints import PHOTOS, make_checkpoint
+from checkpoints import PHOTOS, make_checkpoint, make_quantized_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +36,21 @@ def checkpoint(tmp_path_factory):
         if key not in made:
             made[key] = make_checkpoint(arch, folder / f"{arch}-s{seed}-c{num_classes}.pth", seed, num_classes)
         return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def quantized_checkpoint(tmp_path_factory):
+    """quantized_checkpoint(arch, seed=0) -> path of a seeded int8 stand-in in torchvision's quantized layout
+    (checkpoints.make_quantized_checkpoint), made once per test session."""
+    folder = tmp_path_factory.mktemp("quantized-checkpoints")
+    made: dict[tuple, Path] = {}
+
+    def get(arch: str = "resnet18", seed: int = 0) -> Path:
+        if (arch, seed) not in made:
+            made[arch, seed] = make_quantized_checkpoint(arch, folder / f"{arch}-s{seed}-int8.pth", seed)
+        return made[arch, seed]
 
     return get
 
@@ -135,3 +151,26 @@ def browser():
         b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """(base URL, {path: body}): an HTTP server on 127.0.0.1 serving what the test puts in the dict."""
+    served: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = served.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()

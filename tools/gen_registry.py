@@ -16,6 +16,7 @@ from pathlib import Path
 import torchvision
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.models import resnet as tv_resnet
+from torchvision.models.quantization import resnet as tv_quantized
 from torchvision.transforms import InterpolationMode
 
 ARCHITECTURES = [
@@ -30,6 +31,15 @@ ARCHITECTURES = [
     "wide_resnet50_2",
     "wide_resnet101_2",
 ]
+
+# torchvision's int8 weights (post-training quantized, for the fbgemm engine), by the float architecture they
+# quantize. Their enums live in torchvision.models.quantization and have no builder name of their own.
+QUANTIZED = {
+    "resnet18": tv_quantized.ResNet18_QuantizedWeights,
+    "resnet50": tv_quantized.ResNet50_QuantizedWeights,
+    "resnext101_32x8d": tv_quantized.ResNeXt101_32X8D_QuantizedWeights,
+    "resnext101_64x4d": tv_quantized.ResNeXt101_64X4D_QuantizedWeights,
+}
 
 OUT = Path(__file__).resolve().parent.parent / "resnet_cli" / "data" / "registry.json"
 
@@ -52,8 +62,10 @@ def weight_entry(w) -> dict:
     t = w.transforms()
     (resize,), (crop,) = t.resize_size, t.crop_size
     metrics = w.meta["_metrics"]["ImageNet-1K"]
-    sha = re.search(r"-([a-f0-9]+)\.", w.url.rsplit("/", 1)[1]).group(1)
-    return {
+    # torchvision's names end -<sha256 prefix>.pth; three older int8 files (resnet18_fbgemm_16fa66dd.pth, ...)
+    # put the same 8 hex digits after an underscore.
+    sha = re.search(r"[-_]([a-f0-9]{8,})\.pth$", w.url.rsplit("/", 1)[1]).group(1)
+    entry = {
         "url": w.url,
         "sha256_prefix": sha,
         "resize": resize,
@@ -70,6 +82,10 @@ def weight_entry(w) -> dict:
         "min_size": list(w.meta["min_size"]),
         "recipe": w.meta["recipe"],
     }
+    if "backend" in w.meta:  # an int8 weight: the quantized engine it is made for and the float weights it quantizes
+        entry["backend"] = w.meta["backend"]
+        entry["unquantized"] = w.meta["unquantized"].name
+    return entry
 
 
 def wnids() -> list[str]:
@@ -94,10 +110,18 @@ def main() -> None:
             assert list(w.meta["categories"]) == categories, f"{name}.{w.name}: other categories"
             weights[w.name] = weight_entry(w)
         archs[name] = {**arch_config(name), "enum": enum.__name__, "default": enum.DEFAULT.name, "weights": weights}
+        if name in QUANTIZED:
+            qenum = QUANTIZED[name]
+            for w in qenum:
+                assert list(w.meta["categories"]) == categories, f"{qenum.__name__}.{w.name}: other categories"
+                assert w.meta["unquantized"].name in weights
+            archs[name]["quantized"] = {"enum": qenum.__name__, "default": qenum.DEFAULT.name,
+                                        "weights": {w.name: weight_entry(w) for w in qenum}}
     data = {"torchvision": torchvision.__version__.split("+")[0], "categories": categories, "wnids": wnids(),
             "architectures": archs}
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {OUT}: {len(archs)} architectures, {sum(len(a['weights']) for a in archs.values())} weights")
+    count = sum(len(a["weights"]) + len(a.get("quantized", {}).get("weights", {})) for a in archs.values())
+    print(f"wrote {OUT}: {len(archs)} architectures, {count} weights")
 
 
 if __name__ == "__main__":

@@ -206,8 +206,6 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
     "format", "arch", "weights", "opset", "seconds": {"export", "check"}, "parity": {...}}. Raises UsageError
     when the exporter fails or the check refuses the file: then nothing is left at `output` (a file already
     there is kept as it was)."""
-    from ..core.files import AtomicFile
-
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(f"--opset must be from {MIN_OPSET} to {MAX_OPSET} (got {opset})")
     opset = opset or DEFAULT_OPSET
@@ -218,12 +216,7 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
     atomics = []
     work = tempfile.mkdtemp(prefix=".export-", dir=folder)
     try:
-        # A name the user gave is followed if it is a link; the .bin beside it is a name the tool chose.
-        for path in targets:
-            try:
-                atomics.append(AtomicFile(path, follow=path == output))
-            except OSError as exc:
-                raise UsageError(f"-o {output}: {path}: {exc.strerror or exc}") from None
+        open_targets(output, targets, atomics)
         start = time.perf_counter()
         onnx_path = os.path.join(work, "model.onnx")
         to_onnx(module, weights.preprocess.crop, onnx_path, meta, opset)
@@ -245,11 +238,7 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
             raise UsageError(f"{FORMAT_NAMES[fmt]} export refused, nothing written: the parity check failed: "
                              f"{parity.failure} (max probability difference {parity.max_prob_diff:.2e}, "
                              f"tolerance {PROB_TOLERANCE:g})")
-        for atomic, path in zip(atomics, produced):
-            atomic.file.close()
-            os.replace(path, atomic.tmp)
-            atomic.file = open(atomic.tmp, "ab")  # noqa: SIM115 - for commit's fsync; commit closes it
-            atomic.commit()
+        commit_files(atomics, produced)
     except BaseException:
         for atomic in atomics:
             atomic.abort()
@@ -263,3 +252,24 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
                        "max_prob_diff": parity.max_prob_diff, "max_logit_diff": parity.max_logit_diff,
                        "max_feature_diff": parity.max_feature_diff, "tolerance": parity.tolerance}}
 
+
+def open_targets(output: str, targets: list[str], atomics: list) -> None:
+    """Append a core.files.AtomicFile for each of `targets` (the model, and an IR's .bin) to `atomics`. A name
+    the user gave (`output`) is followed if it is a link; the .bin beside it is a name the tool chose. Raises
+    UsageError naming the file that cannot be written."""
+    from ..core.files import AtomicFile
+
+    for path in targets:
+        try:
+            atomics.append(AtomicFile(path, follow=path == output))
+        except OSError as exc:
+            raise UsageError(f"-o {output}: {path}: {exc.strerror or exc}") from None
+
+
+def commit_files(atomics: list, produced: list[str]) -> None:
+    """Move each checked file of `produced` into its core.files.AtomicFile (same order) and commit it."""
+    for atomic, path in zip(atomics, produced):
+        atomic.file.close()
+        os.replace(path, atomic.tmp)
+        atomic.file = open(atomic.tmp, "ab")  # noqa: SIM115 - for commit's fsync; commit closes it
+        atomic.commit()

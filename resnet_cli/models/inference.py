@@ -5,7 +5,7 @@ CUDA: the eager module in channels_last, cuDNN in its deterministic mode; uint8 
     memory, non-blocking, and are normalised on the GPU (a quarter of the bytes of a float batch).
 MPS: the eager module.
 Precision: fp32 (default, exact: top-5 as torchvision's reference), bf16 (CPUs with AVX-512 BF16/AMX, CUDA),
-fp16 (CUDA, MPS). Softmax (or a one-output head's sigmoid) is always taken in float32.
+fp16 (CUDA, MPS). torchvision's int8 weights (quantized.py) run on the CPU, on torch's fbgemm engine, as they are. Softmax (or a one-output head's sigmoid) is always taken in float32.
 
 An image's answer depends on the image and the options only, to the last bit. Kernel libraries pick their
 algorithms by tensor shape (oneDNN computes an image in a batch of 1, 2 or 3 differently from one in a batch of
@@ -31,14 +31,39 @@ def load_for(job, device: torch.device | None = None, *, check_here: bool = True
     not this machine's), the weights loaded and the job's task bound to the model's classes (tasks.Task.bind)."""
     from .weights import load
 
+    int8 = job.weights.spec is not None and job.weights.spec.quantized
     if job.weights.runtime != "torch":  # an exported file: its runtime, on the CPU, in the file's precision
         check_exported(job.weights, job.options.device, job.options.precision)  # make_job did; the API too
         device, check_here = torch.device("cpu"), False
-    else:
-        device = device if device is not None else resolve_device(job.options.device)
+    elif device is None:  # int8 weights run on the CPU: --device auto means the CPU for them
+        device = resolve_device("cpu" if int8 and job.options.device == "auto" else job.options.device)
     dtype = check_precision(job.options.precision, device) if check_here else dtype_of(job.options.precision)
+    if int8:
+        check_int8(job.weights.name, device, dtype)
     loaded = load(job.weights, offline=job.network.offline, quiet=job.options.quiet)
     return device, dtype, loaded, job.task.bind(loaded.num_classes)
+
+
+def top(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the `k` largest of each row, largest first, equal values in class-index order.
+
+    torch.topk leaves the order of equal values unspecified (measured: class 704 before 146 on an exact tie),
+    and int8 networks give exact ties often (their logits take few distinct values); a stable sort makes the
+    order, and which classes make the cut at the k-th place, a function of the probabilities alone."""
+    values, indices = torch.sort(probs, dim=1, descending=True, stable=True)
+    return values[:, :k], indices[:, :k]
+
+
+def check_int8(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    """A usage error unless int8 weights (`name`) are asked to run where they can: the CPU, fp32 around the
+    int8 layers (quantized.py)."""
+    from ..core.errors import UsageError
+
+    if device.type != "cpu":
+        raise UsageError(f"{name} are int8 weights for torch's fbgemm engine, which runs on the CPU only; "
+                         f"leave out --device or give --device cpu")
+    if dtype != torch.float32:
+        raise UsageError(f"{name} are int8 weights: they run as they were quantized; leave out --precision")
 
 
 class Predictor:
@@ -61,7 +86,10 @@ class Predictor:
         self.feature_dim = module.fc.in_features  # the length of `embed`'s vectors
         self.binary = module.fc.out_features == 1
         self.module = module
-        if device.type == "cpu" and fused.available():
+        if getattr(module, "quantized", False):  # quantized.QuantizedResNet: CPU, fp32 in and out, run as it is
+            check_int8("these", device, dtype)
+            self.forward = module
+        elif device.type == "cpu" and fused.available():
             self.forward = fused.FusedResNet(module, dtype, self.chunk, preprocess.crop)
         else:
             if device.type == "cuda":
@@ -125,7 +153,7 @@ class Predictor:
             if tta:
                 mirrored = probabilities(x.flip(3).contiguous(memory_format=torch.channels_last))
                 probs = (probs + mirrored) / 2
-            v, i = probs.topk(topk, dim=1)
+            v, i = top(probs, topk)
             values.append(v)
             indices.append(i if keep is None else keep[i])
         return torch.cat(values)[:n].cpu(), torch.cat(indices)[:n].cpu()
@@ -171,7 +199,7 @@ class Predictor:
                     logits = self.forward(x).float()
                     block = cam.eager_prefix(self.module, x.to(dtype).contiguous(), position)
                 probs = self.probabilities(self.scores(logits), None)
-                v, i = probs.topk(topk, dim=1)
+                v, i = top(probs, topk)
                 t = i[:, 0] if target is None else torch.full_like(i[:, 0], target)
                 p = probs.gather(1, t[:, None])[:, 0]
             m = cam.maps(method, lambda a: self.scores(cam.eager_suffix(self.module, a, position)), block, t,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 from ..core.errors import UsageError
@@ -42,6 +42,13 @@ class WeightsSpec:
     gflops: float
     file_size_mb: float
     recipe: str
+    backend: str | None = None  # int8 weights: the quantized engine they are made for ("fbgemm"); None: float
+    unquantized: str | None = None  # int8 weights: the name of the float weights they quantize (IMAGENET1K_V1)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether these are int8 weights (torchvision.models.quantization's), run by models/quantized.py."""
+        return self.backend is not None
 
     @property
     def full_name(self) -> str:
@@ -62,11 +69,21 @@ class ArchSpec:
     width_per_group: int
     enum: str
     default: str
-    weights: dict[str, WeightsSpec]
+    weights: dict[str, WeightsSpec]  # the float weights (`enum`'s members)
+    # torchvision's int8 weights of this architecture (`quantized_enum`'s members, e.g. ResNet50_QuantizedWeights),
+    # empty where torchvision publishes none
+    quantized: dict[str, WeightsSpec] = field(default_factory=dict)
+    quantized_enum: str | None = None
+    quantized_default: str | None = None
 
     @property
     def default_weights(self) -> WeightsSpec:
         return self.weights[self.default]
+
+    @property
+    def all_weights(self) -> list[WeightsSpec]:
+        """Every published weight of the architecture: the float ones, then the int8 ones."""
+        return [*self.weights.values(), *self.quantized.values()]
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,6 +125,8 @@ def _weights_spec(arch: str, enum: str, name: str, w: dict) -> WeightsSpec:
         gflops=w["gflops"],
         file_size_mb=w["file_size_mb"],
         recipe=w["recipe"],
+        backend=w.get("backend"),
+        unquantized=w.get("unquantized"),
     )
 
 
@@ -117,6 +136,8 @@ def architectures() -> dict[str, ArchSpec]:
     out = {}
     for name, a in _data()["architectures"].items():
         weights = {wn: _weights_spec(name, a["enum"], wn, w) for wn, w in a["weights"].items()}
+        q = a.get("quantized") or {}
+        quantized = {wn: _weights_spec(name, q["enum"], wn, w) for wn, w in q.get("weights", {}).items()}
         out[name] = ArchSpec(
             name=name,
             block=a["block"],
@@ -126,6 +147,9 @@ def architectures() -> dict[str, ArchSpec]:
             enum=a["enum"],
             default=a["default"],
             weights=weights,
+            quantized=quantized,
+            quantized_enum=q.get("enum"),
+            quantized_default=q.get("default"),
         )
     return out
 

@@ -7,6 +7,9 @@ then what the weights say, then the default.
   enum-qualified name (ResNet50_Weights.IMAGENET1K_V2, which also names the architecture), whatever files the
   working directory holds (a file called DEFAULT is reached as ./DEFAULT). Anything else is a checkpoint
   file, which must be a regular file (a FIFO or a device is refused without being opened).
+- torchvision's int8 weights (ResNet50_QuantizedWeights.IMAGENET1K_FBGEMM_V2, ...) are names of the same
+  architecture: their names (IMAGENET1K_FBGEMM_V1) are never those of float weights, so the short name is
+  enough; DEFAULT is always the float default, ResNet50_QuantizedWeights.DEFAULT the int8 one.
 - The architecture: `--arch`, else the one an enum-qualified name belongs to, else the one a checkpoint's
   shapes identify (block type, blocks per stage, groups and width), else resnet50. A checkpoint whose shapes
   identify another architecture than `--arch` is a usage error that names the one it fits.
@@ -171,31 +174,58 @@ def _short(value) -> str:
 
 
 def _owner(weights: str) -> ArchSpec | None:
-    """The architecture whose enum qualifies `weights` (ResNet50_Weights.X -> resnet50), if any."""
+    """The architecture whose enum (float or int8) qualifies `weights` (ResNet50_Weights.X and
+    ResNet50_QuantizedWeights.X -> resnet50), if any."""
     enum, dot, _ = weights.partition(".")
     if not dot:
         return None
-    return next((a for a in architectures().values() if a.enum.lower() == enum.lower()), None)
+    enum = enum.lower()
+    return next((a for a in architectures().values()
+                 if enum in (a.enum.lower(), (a.quantized_enum or "").lower())), None)
+
+
+def _enum_table(arch: ArchSpec, enum: str) -> tuple[dict[str, WeightsSpec], str] | None:
+    """(the weights, the DEFAULT name) of `arch`'s float or int8 enum called `enum`; None for another enum."""
+    if enum.lower() == arch.enum.lower():
+        return arch.weights, arch.default
+    if arch.quantized_enum and enum.lower() == arch.quantized_enum.lower():
+        return arch.quantized, arch.quantized_default
+    return None
+
+
+def _all_names() -> set[str]:
+    return {"DEFAULT"} | {w.name for a in architectures().values() for w in a.all_weights}
 
 
 def _is_published_name(weights: str) -> bool:
-    """DEFAULT, a weights name the registry has (IMAGENET1K_V2), or any enum-qualified form (whose errors then
-    say what is wrong with it). A missing `best.ckpt` is thus a missing file, not an unknown weights name."""
-    names = {"DEFAULT"} | {w for a in architectures().values() for w in a.weights}
-    if weights.upper() in names:
+    """DEFAULT, a weights name the registry has (IMAGENET1K_V2, IMAGENET1K_FBGEMM_V1), or any enum-qualified
+    form (whose errors then say what is wrong with it). A missing `best.ckpt` is thus a missing file, not an
+    unknown weights name."""
+    if weights.upper() in _all_names():
         return True
     enum, _, name = weights.partition(".")
-    return enum.lower().endswith("_weights") and bool(name)
+    return enum.lower().endswith("weights") and bool(name)
 
 
 def _is_registry_name(weights: str) -> bool:
     """DEFAULT, a weights name (IMAGENET1K_V2) or an enum-qualified one the registry has
-    (ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.DEFAULT): names that win over a file of that name."""
-    names = {"DEFAULT"} | {w for a in architectures().values() for w in a.weights}
-    if weights.upper() in names:
+    (ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.DEFAULT, ResNet50_QuantizedWeights.DEFAULT): names that
+    win over a file of that name."""
+    if weights.upper() in _all_names():
         return True
     owner = _owner(weights)
-    return owner is not None and weights.partition(".")[2].upper() in ({"DEFAULT"} | set(owner.weights))
+    if owner is None:
+        return False
+    enum, _, name = weights.partition(".")
+    table, _default = _enum_table(owner, enum)
+    return name.upper() in ({"DEFAULT"} | set(table))
+
+
+def _published_list(arch: ArchSpec) -> str:
+    text = f"DEFAULT ({arch.default}), {', '.join(arch.weights)}"
+    if arch.quantized:
+        text += f"; int8: {', '.join(arch.quantized)}"
+    return text
 
 
 def _checkpoint_file(weights: str) -> bool:
@@ -218,22 +248,31 @@ def _checkpoint_file(weights: str) -> bool:
 
 
 def published(arch: ArchSpec, weights: str) -> WeightsSpec:
-    """The published weights `weights` (DEFAULT, a name or an enum-qualified name) of `arch`."""
+    """The published weights `weights` of `arch`: DEFAULT (the float default, as torchvision's
+    `ResNet50_Weights.DEFAULT`), a name of its float or int8 weights (the two enums share no name), or an
+    enum-qualified name, whose enum picks the table: ResNet50_QuantizedWeights.DEFAULT is the int8 default."""
     name = weights
+    table, default = arch.weights, arch.default
     if "." in weights:
         enum, name = weights.split(".", 1)
-        if enum.lower() != arch.enum.lower():
+        found = _enum_table(arch, enum)
+        if found is None:
             owner = _owner(weights)
             hint = f"; those are {owner.name}'s weights (use --arch {owner.name})" if owner else ""
-            raise UsageError(f"weights {weights!r} do not belong to {arch.name} (its enum is {arch.enum}){hint}")
+            enums = arch.enum + (f" and {arch.quantized_enum}" if arch.quantized_enum else "")
+            raise UsageError(f"weights {weights!r} do not belong to {arch.name} (its enums: {enums}){hint}")
+        table, default = found
     name = name.upper()
     if name == "DEFAULT":
-        return arch.default_weights
-    if name in arch.weights:
-        return arch.weights[name]
+        return table[default]
+    if name in table:
+        return table[name]
+    if "." not in weights and name in arch.quantized:
+        return arch.quantized[name]
+    names = list(table) + ([] if "." in weights else list(arch.quantized))
     raise UsageError(
-        f"{arch.name} has no published weights {weights!r}{suggest(name, list(arch.weights))}; "
-        f"published: DEFAULT ({arch.default}), {', '.join(arch.weights)}"
+        f"{arch.name} has no published weights {weights!r}{suggest(name, names)}; "
+        f"published: {_published_list(arch)}"
     )
 
 
@@ -292,8 +331,8 @@ def _resolve(arch: str | None, weights: str, resize: int | None, crop: int | Non
         a = get_arch(arch or DEFAULT_ARCH)
         if re.fullmatch(r"\w+", weights):  # a name, not a path: say what the names are
             raise UsageError(f"--weights {weights}: no such checkpoint file, and {a.name} has no published weights "
-                             f"of that name{suggest(weights.upper(), list(a.weights))}; published: DEFAULT "
-                             f"({a.default}), {', '.join(a.weights)}")
+                             f"of that name{suggest(weights.upper(), [w.name for w in a.all_weights])}; "
+                             f"published: {_published_list(a)}")
         raise UsageError(f"checkpoint {weights}: no such file")
     from .state_dicts import checkpoint_arch
 

@@ -87,12 +87,27 @@ def _unwrap(obj):
     return obj
 
 
-def read_state_dict(path: str | os.PathLike) -> dict:
+def _packed(key: str, value) -> bool:
+    """An entry a quantized Linear's state dict holds beside tensors: its packed (weight, bias) pair and its
+    dtype (torch.ao.nn.quantized.Linear: `fc._packed_params._packed_params`, `fc._packed_params.dtype`)."""
+    import torch
+
+    if key.endswith("._packed_params.dtype"):
+        return isinstance(value, torch.dtype)
+    if key.endswith("._packed_params._packed_params"):
+        return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor)
+                and (value[1] is None or isinstance(value[1], torch.Tensor)))
+    return False
+
+
+def read_state_dict(path: str | os.PathLike, *, quantized: bool = False) -> dict:
     """A state dict from a .pth/.pt file (bare, or under "state_dict", "model" or "state_dict_ema" as
     training scripts save it, with DataParallel's "module." prefix removed) or from a .safetensors file.
     {name: torch.Tensor} on the CPU, dtypes as stored. Raises UsageError for a file that is missing, not a
     regular file, not a checkpoint, bigger inside than outside (zip bomb), or holding anything that could run
-    code when unpickled (the message names the global and how to re-save the file)."""
+    code when unpickled (the message names the global and how to re-save the file). With `quantized`, the
+    state dict of an int8 network (quantized.py): quantized tensors, and each quantized Linear's packed
+    (weight, bias) pair and dtype besides."""
     import zipfile
 
     import torch
@@ -138,7 +153,8 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             raise UsageError(f"checkpoint {path}: not a readable PyTorch checkpoint ({_clean(first_line(exc))})") \
                 from None
     obj = _unwrap(obj)
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) or (quantized and _packed(k, v))
+                                            for k, v in obj.items()):
         raise UsageError(f"checkpoint {path}: no state dict of tensors found in it")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}

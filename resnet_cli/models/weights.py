@@ -89,12 +89,23 @@ def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False, checkpoint_h
     return dest
 
 
+def is_quantized(state_dict: dict) -> bool:
+    """Whether a state dict is an int8 network's (torchvision's quantized layout: a packed quantized head)."""
+    return "fc._packed_params._packed_params" in state_dict
+
+
 def build_model(arch: ArchSpec, state_dict: dict, source: str):
-    """The architecture with these weights, in eval mode. The class count is read off the head's weight; a
-    checkpoint that does not fit is a usage error naming the first key that differs."""
+    """The architecture with these weights, in eval mode: model.ResNet, or quantized.QuantizedResNet for an
+    int8 state dict (`is_quantized`). The class count is read off the head's weight; a checkpoint that does not
+    fit is a usage error naming the first key that differs."""
     import torch
 
     from .model import build
+
+    if is_quantized(state_dict):
+        from . import quantized
+
+        return quantized.build(arch, state_dict, source)
 
     check_fit(arch, {k: tuple(v.shape) for k, v in state_dict.items()}, source)
     model = build(arch, num_classes=state_dict["fc.weight"].shape[0])
@@ -214,7 +225,10 @@ def load(weights: Resolved, *, offline: bool = False, quiet: bool = False) -> Lo
         labels = _labels(len(weights.labels), weights.labels_file, weights.labels)
         return LoadedModel(weights, labels, read_blobs(weights.name, weights.runtime, len(labels)))
     if weights.spec is not None:
-        state = read_state_dict(fetch(weights.spec, offline=offline, quiet=quiet))
+        state = read_state_dict(fetch(weights.spec, offline=offline, quiet=quiet), quantized=weights.spec.quantized)
+        if weights.spec.quantized and not is_quantized(state):
+            raise UsageError(f"weights {weights.name}: the cached file {cached_file(weights.spec)} is not an int8 "
+                             f"network's state dict")
     else:
         state = read_state_dict(weights.name)
     module = build_model(weights.arch, state, weights.name)

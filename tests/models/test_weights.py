@@ -4,19 +4,17 @@ a clear offline failure, and nothing unsafe ever unpickled."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-
 from checkpoints import PHOTOS, ROOT
+
 from resnet_cli.models import registry
 
 
@@ -145,28 +143,6 @@ def test_no_network_fails_within_seconds_with_the_offline_message(patched_url, c
     assert res.code == 3
     assert "downloading it failed" in res.stderr and "curl -L -o" in res.stderr and "--weights PATH" in res.stderr
     assert not cache_dir().exists() or not any(cache_dir().iterdir())
-
-
-@pytest.fixture
-def weights_server(tmp_path):
-    served: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            body = served.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", served
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.timeout(60)

@@ -95,6 +95,9 @@ def command(
     options = RunOptions(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
+    if resolved.spec is not None and resolved.spec.quantized:
+        raise UsageError(f"explain needs a float network (its maps are gradients); {resolved.name} are int8 weights: "
+                         f"explain with {resolved.arch.enum}.{resolved.spec.unquantized}, the weights they quantize")
     if resolved.runtime != "torch":
         raise UsageError(f"--weights {weights}: an exported model; explain needs the torch network's gradients: "
                          "give the checkpoint it was exported from")

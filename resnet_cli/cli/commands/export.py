@@ -22,6 +22,8 @@ from ...core.errors import UsageError
 from ..options import ArchOpt, CropOpt, LabelsOpt, OfflineOpt, QuietOpt, ResizeOpt
 
 MAX_CHECK = 32  # images the parity check runs, each alone and all together
+INT8_CHECK = 500  # held-out images the int8 agreement is measured on
+CALIBRATE = 300  # calibration images (NNCF's default subset size)
 SYNTHETIC = 8
 SAMPLES = Path(__file__).resolve().parents[3] / "sample_images"  # a source checkout's sample photos
 
@@ -51,6 +53,19 @@ def command(
         help=f"Photos for the parity check (the first {MAX_CHECK} by name). Default: the sample photos.")] = None,
     opset: Annotated[Optional[int], typer.Option(
         "--opset", metavar="N", show_default=False, help="ONNX opset, 18 to 23. Default: 20.")] = None,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Quantize to int8 (post-training, calibrated on --calibrate); refused below --min-agreement.")
+    ] = False,
+    calibrate: Annotated[Optional[str], typer.Option(
+        "--calibrate", metavar="DIR", show_default=False,
+        help="With --int8: photos like yours to calibrate on (up to 300 by name); keep --check's photos apart.")
+    ] = None,
+    min_agreement: Annotated[float, typer.Option(
+        "--min-agreement", metavar="F", help="With --int8: the least top-1 agreement with fp32 on --check's photos.")
+    ] = 0.98,
+    keep_fp32: Annotated[Optional[str], typer.Option(
+        "--keep-fp32", metavar="LAYERS", show_default=False,
+        help="With --int8: layers left in fp32, by module name (conv1,fc,layer4 or a block: layer4.1).")] = None,
     labels: LabelsOpt = None,
     resize: ResizeOpt = None,
     crop: CropOpt = None,
@@ -85,8 +100,23 @@ def command(
     resolved = ModelOptions(arch, weights, resize, crop, labels).resolve()
     if resolved.runtime != "torch":
         raise UsageError(f"--weights {weights}: already an exported model; export from the checkpoint it came from")
-    check_outputs([check] if check else [], outputs, recursive=False, reads=(weights, labels))
-    sources = _check_sources(check)
+    if resolved.spec is not None and resolved.spec.quantized:
+        raise UsageError(f"--weights {weights}: torchvision's int8 weights run in torch only (fbgemm); for an int8 "
+                         f"file, export the float weights they quantize with --int8: -w "
+                         f"{resolved.arch.enum}.{resolved.spec.unquantized} --int8 --calibrate DIR")
+    if not int8 and (calibrate or keep_fp32 or min_agreement != 0.98):
+        raise UsageError("--calibrate, --min-agreement and --keep-fp32 go with --int8")
+    if int8 and not calibrate:
+        raise UsageError("--int8 needs --calibrate DIR: photos like the ones the model will classify")
+    if int8:
+        from ...models.int8 import check_min_agreement
+
+        check_min_agreement(min_agreement)
+    check_outputs([d for d in (check, calibrate) if d], outputs, recursive=False, reads=(weights, labels))
+    sources = _check_sources(check, limit=INT8_CHECK if int8 else MAX_CHECK)
+    calibration = _check_sources(calibrate, "--calibrate", CALIBRATE) if int8 else []
+    if int8 and not sources:
+        raise UsageError("--int8 needs --check DIR: held-out photos like yours, apart from --calibrate's")
 
     from ...models.export import export
     from ...models.weights import ensure_available, load
@@ -98,32 +128,36 @@ def command(
         from ...core.console import eprint
 
         eprint(note)
+    if int8:
+        _int8(loaded, resolved, fmt, output, calibration, batch, names, min_agreement, keep_fp32, opset,
+              check or (str(SAMPLES) if sources else f"{SYNTHETIC} synthetic images"), calibrate)
+        return
     report = export(loaded.module, resolved, loaded.labels, fmt, output, batch, names, opset)
     report["parity"]["photos"] = check or (str(SAMPLES) if sources else f"{SYNTHETIC} synthetic images")
     _print(report)
 
 
-def _check_sources(check: str | None) -> list:
-    """The check images' sources: --check DIR's image files (sorted, at most MAX_CHECK), else the sample photos
-    where they are, else [] (synthetic images)."""
+def _check_sources(check: str | None, option: str = "--check", limit: int = MAX_CHECK) -> list:
+    """The check images' sources: --check DIR's image files (sorted, at most `limit`), else the sample photos
+    where they are, else [] (synthetic images). `option` names the option in messages."""
     from ...inputs.sources import Source, is_image_name
 
     folder = check if check else (str(SAMPLES) if SAMPLES.is_dir() else None)
     if folder is None:
         return []
     if not os.path.isdir(folder):
-        raise UsageError(f"--check {folder}: not a folder")
+        raise UsageError(f"{option} {folder}: not a folder")
     try:
         names = sorted(n for n in os.listdir(folder) if is_image_name(n)
                        and os.path.isfile(os.path.join(folder, n)))
     except OSError as exc:
-        raise UsageError(f"--check {folder}: {exc.strerror or exc}") from None
+        raise UsageError(f"{option} {folder}: {exc.strerror or exc}") from None
     if not names:
-        raise UsageError(f"--check {folder}: no image files in it")
-    return [Source(os.path.join(folder, n)) for n in names[:MAX_CHECK]]
+        raise UsageError(f"{option} {folder}: no image files in it")
+    return [Source(os.path.join(folder, n)) for n in names[:limit]]
 
 
-def _check_images(sources: list, pre):
+def _check_images(sources: list, pre, option: str = "--check"):
     """((N, crop, crop, 3) uint8, names, note): the sources decoded as classify decodes them, or SYNTHETIC
     seeded random images when there are none. An image that cannot be read is a usage error naming it."""
     import torch
@@ -139,7 +173,7 @@ def _check_images(sources: list, pre):
     prepared = [prepare(s, pre) for s in sources]
     for p in prepared:
         if p.error is not None:
-            raise UsageError(f"--check: {p.path}: {p.error.message}")
+            raise UsageError(f"{option}: {p.path}: {p.error.message}")
     return stack(prepared, pre.crop), [p.path for p in prepared], None
 
 
@@ -151,6 +185,9 @@ def _print(report: dict) -> None:
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()
         return
+    if report.get("precision") == "int8":
+        _print_int8(report)
+        return
     p = report["parity"]
     sizes = ", ".join(f"{path} ({size / 1e6:.1f} MB)" for path, size in report["files"].items())
     print(f"{report['model']}: {report['arch']} from {report['weights']}, {report['format']}"
@@ -159,3 +196,29 @@ def _print(report: dict) -> None:
           f"top-5 identical; max probability difference {p['max_prob_diff']:.2e} (tolerance "
           f"{p['tolerance']['probability']:g}), max feature difference {p['max_feature_diff']:.2e} of the largest")
     print(f"export {report['seconds']['export']:.1f} s, check {report['seconds']['check']:.1f} s")
+
+
+def _int8(loaded, resolved, fmt, output, calibration, batch, names, min_agreement, keep_fp32, opset, photos,
+          calibrate) -> None:
+    """`export --int8`: models/int8.py on the calibration and check photos; the report as `_print` gives it."""
+    from ...models.int8 import export_int8
+
+    if not calibration:
+        raise UsageError(f"--calibrate {calibrate}: no image files in it")
+    calib, _, _ = _check_images(calibration, resolved.preprocess, "--calibrate")
+    keep = tuple(k.strip() for k in (keep_fp32 or "").split(",") if k.strip())
+    report = export_int8(loaded.module, resolved, loaded.labels, fmt, output, calib, batch, names,
+                         min_agreement=min_agreement, keep=keep, opset=opset)
+    report["agreement"]["photos"] = photos
+    _print(report)
+
+
+def _print_int8(report: dict) -> None:
+    a = report["agreement"]
+    sizes = ", ".join(f"{path} ({size / 1e6:.1f} MB)" for path, size in report["files"].items())
+    kept = f", {', '.join(report['kept_fp32'])} kept in fp32" if report["kept_fp32"] else ""
+    print(f"{report['model']}: int8 {report['arch']} from {report['weights']} ({report['method']}, "
+          f"{report['calibration_images']} calibration photos{kept}); wrote {sizes}")
+    print(f"agreement with fp32 on {a['images']} held-out photos ({a['photos']}): top-1 {a['top1']:.1%} "
+          f"(at least {report['min_agreement']:g}), top-5 overlap {a['top5_overlap']:.1%}")
+    print(f"quantize {report['seconds']['quantize']:.1f} s, check {report['seconds']['check']:.1f} s")

@@ -46,6 +46,7 @@ def download_command(
 
 
 def _weights_json(spec: WeightsSpec) -> dict:
+    extra = {"backend": spec.backend, "unquantized": spec.unquantized} if spec.quantized else {}
     return {
         "name": spec.name,
         "acc@1": spec.acc1,
@@ -57,13 +58,18 @@ def _weights_json(spec: WeightsSpec) -> dict:
         "crop": spec.preprocess.crop,
         "url": spec.url,
         "cached": cached_file(spec).is_file(),
+        **extra,
     }
 
 
 def models_json() -> list[dict]:
-    """`models --format json`: [{"arch", "default", "weights": [{"name", "acc@1", ...}]}] (README contract)."""
+    """`models --format json`: [{"arch", "default", "weights": [{"name", "acc@1", ...}], "int8"}] (README
+    contract); "int8" is torchvision's quantized weights of the architecture, {"enum", "default", "weights": [the
+    same fields, and "backend", "unquantized"]}, or null where there are none."""
     return [
-        {"arch": a.name, "default": a.default, "weights": [_weights_json(w) for w in a.weights.values()]}
+        {"arch": a.name, "default": a.default, "weights": [_weights_json(w) for w in a.weights.values()],
+         "int8": {"enum": a.quantized_enum, "default": a.quantized_default,
+                  "weights": [_weights_json(w) for w in a.quantized.values()]} if a.quantized else None}
         for a in architectures().values()
     ]
 
@@ -78,8 +84,8 @@ def print_models_table(console) -> None:
                       ("GFLOPS", "right"), ("MB", "right"), ("input", "right"), ("cached", "center")):
         table.add_column(col, justify=just, no_wrap=True)
     for a in architectures().values():
-        for i, w in enumerate(a.weights.values()):
-            default = " [dim]*[/]" if w.name == a.default else ""
+        for i, w in enumerate(a.all_weights):
+            default = " [dim]*[/]" if w.name == a.default else " [cyan]int8[/]" if w.quantized else ""
             table.add_row(
                 a.name if i == 0 else "", w.name + default, f"{w.acc1:.2f}", f"{w.acc5:.2f}",
                 f"{w.gflops:.2f}", f"{w.file_size_mb:.0f}",
@@ -88,6 +94,7 @@ def print_models_table(console) -> None:
             )
         table.add_section()
     table.caption = ("ImageNet-1K accuracy (%) from torchvision. * DEFAULT weights. input: resize→crop.\n"
+                     "int8: torchvision's quantized weights, run on the CPU (fbgemm).\n"
                      "Fetch for offline use: resnet-classify download ARCH [--weights NAME|all]")
     table.caption_justify = "left"
     console.print(table)
@@ -99,7 +106,7 @@ def download_weights(arch: str, weights: str = "DEFAULT", *, quiet: bool = False
         raise UsageError(f"download: {OFFLINE_REASON}")
     archs = list(architectures().values()) if arch.lower() == "all" else [get_arch(arch)]
     for a in archs:
-        specs = list(a.weights.values()) if weights.lower() == "all" else [published(a, weights)]
+        specs = a.all_weights if weights.lower() == "all" else [published(a, weights)]
         for spec in specs:
             was_cached = cached_file(spec).is_file()
             path = fetch(spec, offline=False, quiet=quiet, checkpoint_hint=False)

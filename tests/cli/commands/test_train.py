@@ -8,25 +8,10 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
-
-from checkpoints import PHOTOS
+from checkpoints import PHOTOS, augment
+from PIL import Image
 
 CLASSES = ["astronaut", "camera", "cat", "coffee", "grace hopper", "rocket"]  # one per sample photo, in order
-
-
-def augment(img: Image.Image, rng: random.Random) -> Image.Image:
-    w, h = img.size
-    s = rng.uniform(0.6, 0.95)
-    cw, ch = int(w * s), int(h * s)
-    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    out = img.crop((x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        out = ImageOps.mirror(out)
-    out = ImageEnhance.Color(out).enhance(rng.uniform(0.6, 1.4))
-    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
-    scale = rng.uniform(0.5, 1.2)
-    return out.resize((max(32, int(out.width * scale)), max(32, int(out.height * scale))))
 
 
 @pytest.fixture(scope="module")
