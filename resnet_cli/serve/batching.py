@@ -9,7 +9,7 @@
   the queued images do not fill the network's last chunk, other requests are still being decoded (they are
   on their way), and the oldest queued request has waited less than --max-wait-ms: a lone request on an idle
   server is never held back, and a busy one fills the chunks it pays for anyway.
-- A request whose caller gave up (its --timeout passed) is dropped from the queue unrun.
+- A request whose caller gave up (its --timeout passed) leaves the queue at once, unrun, wherever it stands.
 - Requests that ask for different things (classify with another top-k, embed) are run as separate groups.
 """
 
@@ -86,7 +86,21 @@ class Batcher:
             self._queued += work.images
             self._on_depth(self._queued)
             self._cond.notify_all()
+        work.future.add_done_callback(lambda future: self._forget(work))
         return work.future
+
+    def _forget(self, work: Work) -> None:
+        """A queued request whose caller gave up (its future cancelled: --timeout) leaves the queue at once,
+        wherever it stands: it no longer counts toward --max-queue, the depth, or the wait for a fuller chunk."""
+        if not work.future.cancelled():
+            return
+        with self._cond:
+            try:
+                self._queue.remove(work)
+            except ValueError:  # already taken by the model thread
+                return
+            self._drop(work)
+            self._cond.notify_all()
 
     @property
     def depth(self) -> int:
