@@ -39,7 +39,7 @@ from ..core.errors import UsageError, first_line
 from ..core.records import Embedding, Failure, Record
 from ..outputs.writers import JsonlWriter, JsonWriter, dumps
 from ..run.pipeline import default_workers, prepare_bytes
-from .batching import Batcher, QueueFull
+from .batching import Batcher, ModelStopped, QueueFull
 from .metrics import Metrics
 from .model import Model
 
@@ -104,7 +104,7 @@ class Service:
         self.model = model
         self.limits = limits
         self.metrics = metrics
-        self.ready = False
+        self.warm = False
         self.pool = ThreadPoolExecutor(max_workers=limits.workers or default_workers(),
                                        thread_name_prefix="decode")
         self.batcher = Batcher(model.records, chunk=model.chunk, max_batch=limits.max_batch or 4 * model.chunk,
@@ -119,7 +119,12 @@ class Service:
         except Exception as exc:  # requests will say what is wrong; the log says it once
             log.error("warm-up failed: %s: %s", type(exc).__name__, first_line(exc))
             return
-        self.ready = True
+        self.warm = True
+
+    @property
+    def ready(self) -> bool:
+        """Weights loaded, warm, and the model thread serving (it stops for good on an unexpected error)."""
+        return self.warm and self.batcher.failed is None
 
     def close(self) -> None:
         self.batcher.close(timeout=self.limits.timeout_s)
@@ -209,6 +214,8 @@ class Service:
 
         try:
             records = await asyncio.wait_for(work(), self.limits.timeout_s)
+        except ModelStopped as exc:
+            raise ApiError(503, "unavailable", f"{exc}; the server must be restarted") from None
         except QueueFull as exc:
             raise ApiError(503, "queue_full", f"the server is busy ({exc}); retry later",
                            {"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -388,7 +395,8 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
     async def readyz() -> Response:
         s = service()
         w = s.model.weights
-        body = {"status": "ready" if s.ready else "warming up", "arch": w.arch.name, "weights": w.name,
+        state = "ready" if s.ready else "warming up" if s.batcher.failed is None else "model thread stopped"
+        body = {"status": state, "arch": w.arch.name, "weights": w.name,
                 "preprocess": {"resize": w.preprocess.resize, "crop": w.preprocess.crop}}
         return Response((dumps(body) + "\n").encode("utf-8"), status_code=200 if s.ready else 503,
                         media_type=JSON)

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -22,12 +24,19 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from ..core.errors import first_line
 from ..run.pipeline import Prepared
 from ..run.tasks import Task
+
+log = logging.getLogger("resnet_cli.serve")
 
 
 class QueueFull(Exception):
     """The queue holds --max-queue images already: the request is refused (HTTP 503)."""
+
+
+class ModelStopped(Exception):
+    """The model thread stopped on an unexpected error: no request can be answered (HTTP 503, not ready)."""
 
 
 @dataclass(eq=False)
@@ -62,6 +71,7 @@ class Batcher:
         self._queued = 0  # images in the queue
         self._decoding = 0  # requests being decoded: on their way to the queue
         self._closed = False
+        self.failed: BaseException | None = None  # what stopped the model thread, if an error did
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
         self._thread.start()
@@ -77,6 +87,8 @@ class Batcher:
         """Queue a request. Raises QueueFull when its images do not fit in the queue."""
         work = Work(task, prepared, images=sum(p.error is None for p in prepared))
         with self._cond:
+            if self.failed is not None:
+                raise self._stopped()
             if self._closed:
                 raise QueueFull("the server is shutting down")
             if self._queued + work.images > self.max_queue:
@@ -152,10 +164,38 @@ class Batcher:
         self._queued -= work.images
         self._on_depth(self._queued)
 
+    def _stopped(self) -> ModelStopped:
+        exc = self.failed
+        return ModelStopped(f"the model thread stopped: {type(exc).__name__}: {first_line(exc)}")
+
     def _loop(self) -> None:
+        """The model thread. An error outside a batch's run (a bug: in `first`, `on_batch`, taking a batch) stops
+        it for good: one line in the log, every request queued or running fails with ModelStopped, and so does
+        every later one (`failed` says why; the server answers 503 and is no longer ready)."""
+        running: list[Work] = []
+        try:
+            self._serve(running)
+        except BaseException as exc:
+            with self._cond:
+                self.failed = exc
+                log.error("the model thread stopped: %s: %s", type(exc).__name__, first_line(exc))
+                stopped = self._stopped()
+                for work in [*running, *self._queue]:
+                    try:
+                        work.future.set_exception(stopped)
+                    except Exception:  # cancelled, or answered already
+                        pass
+                self._queue.clear()
+                self._queued = 0
+                self._cond.notify_all()
+                with contextlib.suppress(Exception):  # the gauge's own failure changes nothing now
+                    self._on_depth(0)
+
+    def _serve(self, running: list[Work]) -> None:
         if self._first is not None:
             self._first()
         while (batch := self._take()) is not None:
+            running[:] = batch
             groups: dict[Task, list[Work]] = {}
             for work in batch:
                 groups.setdefault(work.task, []).append(work)

@@ -2,8 +2,9 @@
 
     resnet_classify_requests_total{endpoint, status}       requests answered, by endpoint and HTTP status
     resnet_classify_failures_total{type}                   failure records by their type (not_an_image, ...),
-                                                           and refused requests by why (queue_full, timeout,
-                                                           too_large, bad_request, unsupported_media_type)
+                                                           and refused requests by why (queue_full, unavailable,
+                                                           timeout, too_large, bad_request,
+                                                           unsupported_media_type)
     resnet_classify_images_total{endpoint}                 images received
     resnet_classify_request_duration_seconds{endpoint}     latency, from the request's arrival to its answer
     resnet_classify_batch_size                             images per forward pass of the model thread

@@ -136,3 +136,32 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent(gated):
     assert sent < 16 << 20  # answered long before the client was done
     r = httpx.post(running.url + "/v1/classify", content=b"\0" * (2 << 20), headers={"Content-Type": "image/png"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+
+
+class _Broken:
+    def observe(self, value) -> None:
+        raise RuntimeError("injected: the batch size gauge broke")
+
+
+def test_a_model_thread_that_dies_says_so_at_once_and_the_server_is_no_longer_ready(resnet18, monkeypatch):
+    from resnet_cli.serve import app as app_module
+
+    class BrokenMetrics(app_module.Metrics):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batch_size = _Broken()  # the model thread calls it after a forward pass, outside its try
+
+    monkeypatch.setattr(app_module, "Metrics", BrokenMetrics)
+    running = serve(resnet18, Limits(timeout_s=5))
+    try:
+        photo = PHOTOS[0].read_bytes()
+        for _ in range(2):  # the request on the network when it died, then a later one: neither waits out 504
+            r = httpx.post(running.url + "/v1/classify", content=photo, headers={"Content-Type": "image/png"},
+                           timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable", r.text
+            assert "RuntimeError: injected" in r.json()["error"]["message"]
+        assert httpx.get(running.url + "/readyz").status_code == 503
+        assert httpx.get(running.url + "/ping").status_code == 503
+        assert httpx.get(running.url + "/healthz").status_code == 200
+    finally:
+        running.stop()
