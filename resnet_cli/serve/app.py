@@ -51,6 +51,7 @@ PAGE_CSP = ("default-src 'none'; img-src blob: data:; style-src 'unsafe-inline';
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 FILE_FIELDS = ("file", "data")  # multipart parts read as images: ours, and TorchServe's name
 RETRY_AFTER_S = 1
+BODIES_IN_MEMORY = 4  # request bodies held at once: at most this many times --max-upload-mb of bytes
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,10 @@ class Limits:
     max_batch      images per forward pass of the model thread (None: 4 of the network's chunks, 32 on a CPU)
     max_wait_ms    how long a partial chunk may wait for requests being decoded (batching.py)
     max_queue      images waiting for the model; a request that does not fit gets 503
-    max_upload     bytes of a request's body; more gets 413
-    timeout_s      seconds from a request's arrival to its answer; past it 504, and its queued work is dropped
+    max_upload     bytes of a request's body; more gets 413. The bodies of all requests held at once (being read,
+                   decoded, queued) are at most BODIES_IN_MEMORY times it; past that a request gets 503
+    timeout_s      seconds from a request's arrival to its answer, reading its body included; past it 504, and
+                   its queued work is dropped
     workers        decode threads (None: one per core)
     """
 
@@ -105,6 +108,8 @@ class Service:
         self.limits = limits
         self.metrics = metrics
         self.warm = False
+        self.held = 0  # bytes of request bodies held now (`hold`)
+        self.max_held = BODIES_IN_MEMORY * limits.max_upload
         self.pool = ThreadPoolExecutor(max_workers=limits.workers or default_workers(),
                                        thread_name_prefix="decode")
         self.batcher = Batcher(model.records, chunk=model.chunk, max_batch=limits.max_batch or 4 * model.chunk,
@@ -131,9 +136,26 @@ class Service:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- reading a request ------------------------------------------------------------------------------------
-    async def body(self, request: Request) -> bytes:
+    def hold(self, request: Request, size: int) -> None:
+        """Count `size` more bytes of `request`'s body as held until its answer (`release`). Raises ApiError 503
+        when the bodies held would pass BODIES_IN_MEMORY times --max-upload-mb: memory stays bounded however
+        many clients upload at once."""
+        if self.held + size > self.max_held:
+            raise ApiError(503, "queue_full", f"the server holds {self.held / 2**20:.1f} MB of request bodies "
+                           f"already; at most {self.max_held / 2**20:g} MB ({BODIES_IN_MEMORY} x --max-upload-mb); "
+                           "retry later", {"Retry-After": str(RETRY_AFTER_S)})
+        self.held += size
+        request.state.held = getattr(request.state, "held", 0) + size
+
+    def release(self, request: Request) -> None:
+        """The request is answered: its body's bytes no longer count (`hold`)."""
+        self.held -= getattr(request.state, "held", 0)
+        request.state.held = 0
+
+    async def body(self, request: Request) -> bytearray:
         """The request's body, at most --max-upload-mb: a larger Content-Length is refused before anything is
-        read, and a body that grows past the limit (chunked, or lying about its length) as soon as it does."""
+        read, and a body that grows past the limit (chunked, or lying about its length) as soon as it does. The
+        bytes are held (`hold`): a declared length at once, else as they arrive."""
         limit = self.limits.max_upload
         too_large = ApiError(413, "too_large", f"the body is over the {limit / 2**20:g} MB limit (--max-upload-mb)")
         length = request.headers.get("content-length")
@@ -143,12 +165,16 @@ class Service:
                     raise too_large
             except ValueError:
                 raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+            self.hold(request, int(length))
+        declared = int(length) if length is not None else 0
         data = bytearray()
         async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
+            if len(data) + len(chunk) > limit:
                 raise too_large
-        return bytes(data)
+            if len(data) + len(chunk) > declared:
+                self.hold(request, len(data) + len(chunk) - max(declared, len(data)))
+            data += chunk
+        return data  # no copy: the decoder reads a bytearray as it reads bytes
 
     async def inputs(self, request: Request, *, torchserve: bool = False) -> tuple[list[tuple[str, bytes]], bool]:
         """([(path, image bytes)], whether the body was multipart). Raises ApiError."""
@@ -165,7 +191,7 @@ class Service:
         name = request.headers.get("x-filename")
         return [(_header_text(name) if name else "-", body)], False
 
-    async def _parts(self, request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    async def _parts(self, request: Request, body: bytearray) -> list[tuple[str, bytes]]:
         """The image parts of a multipart body, in upload order, parsed by Starlette (python-multipart)."""
         sent = False
 
@@ -213,15 +239,12 @@ class Service:
             return await asyncio.wrap_future(future)
 
         try:
-            records = await asyncio.wait_for(work(), self.limits.timeout_s)
+            records = await work()
         except ModelStopped as exc:
             raise ApiError(503, "unavailable", f"{exc}; the server must be restarted") from None
         except QueueFull as exc:
             raise ApiError(503, "queue_full", f"the server is busy ({exc}); retry later",
                            {"Retry-After": str(RETRY_AFTER_S)}) from None
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"no answer within {self.limits.timeout_s:g} s (--timeout); the "
-                           "request's work is dropped") from None
         for rec in records:
             if isinstance(rec, Failure):
                 self.metrics.failures.labels(rec.type).inc()
@@ -306,10 +329,20 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
     def service() -> Service:
         return holder["service"]
 
-    async def guarded(endpoint: str, answer) -> Response:
-        """The endpoint's answer; an ApiError as its JSON, anything unexpected as a one-line 500."""
+    async def guarded(endpoint: str, request: Request, answer) -> Response:
+        """The endpoint's answer within --timeout of the request's arrival (reading its body included); past
+        it 504. An ApiError as its JSON, anything unexpected as a one-line 500."""
         try:
-            return await answer()
+            try:
+                async with asyncio.timeout(limits.timeout_s) as deadline:
+                    return await answer()
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise ApiError(504, "timeout", f"no answer within {limits.timeout_s:g} s (--timeout); the "
+                               "request's work is dropped") from None
+            finally:
+                service().release(request)
         except ApiError as exc:
             service().metrics.failures.labels(exc.kind).inc()
             return error_response(exc.status, exc.kind, exc.message, exc.headers)
@@ -340,7 +373,7 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
             records = await s.records(files, task, "/v1/classify")
             return Response(_lines(records, multipart), status_code=_status(records), media_type=JSON)
 
-        return await guarded("/v1/classify", answer)
+        return await guarded("/v1/classify", request, answer)
 
     @app.post("/v1/embed", openapi_extra=IMAGE_BODY, response_class=Response,
               summary="The embedding of one image, or of several as multipart/form-data `file` parts")
@@ -356,7 +389,7 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
                 records = [r.normalized() if isinstance(r, Embedding) else r for r in records]
             return Response(_lines(records, multipart), status_code=_status(records), media_type=JSON)
 
-        return await guarded("/v1/embed", answer)
+        return await guarded("/v1/embed", request, answer)
 
     @app.put("/predictions/{model_name}", openapi_extra=IMAGE_BODY, response_class=Response,
              operation_id="predictions_put", summary="TorchServe's inference API, as `curl -T` sends it")
@@ -379,7 +412,7 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
             body = dumps({p.label: p.probability for p in rec.topk}) + "\n"
             return Response(body.encode("utf-8"), media_type=JSON)
 
-        return await guarded("/predictions", answer)
+        return await guarded("/predictions", request, answer)
 
     @app.get("/ping", summary="TorchServe's health check")
     async def ping() -> Response:

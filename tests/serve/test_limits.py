@@ -48,10 +48,12 @@ def gated(resnet18):
     running.stop()
 
 
-def metric(url: str, name: str) -> float:
+def metric(url: str, name: str, default: float | None = None) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
     raise AssertionError(f"{name} is not in /metrics")
 
 
@@ -136,6 +138,23 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent(gated):
     assert sent < 16 << 20  # answered long before the client was done
     r = httpx.post(running.url + "/v1/classify", content=b"\0" * (2 << 20), headers={"Content-Type": "image/png"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+
+
+def test_a_client_that_stalls_mid_upload_gets_504_within_the_timeout(gated):
+    running, _ = gated
+    timeouts = metric(running.url, 'resnet_classify_failures_total{type="timeout"}', default=0)
+    # --timeout 2 runs from the request's arrival: reading its body is part of it.
+    with _connect(running.url) as sock:
+        sock.settimeout(20)
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8\xff" + b"\0" * 1000)
+        assert _status(sock) == 504
+    with _connect(running.url) as sock:  # a multipart upload as well
+        sock.settimeout(20)
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" b"10\r\n--b\r\nContent-Dis\r\n")
+        assert _status(sock) == 504
+    assert metric(running.url, 'resnet_classify_failures_total{type="timeout"}') == timeouts + 2
 
 
 class _Broken:
