@@ -131,8 +131,9 @@ class Service:
         """Weights loaded, warm, and the model thread serving (it stops for good on an unexpected error)."""
         return self.warm and self.batcher.failed is None
 
-    def close(self) -> None:
-        self.batcher.close(timeout=self.limits.timeout_s)
+    def close(self, timeout: float) -> None:
+        """Run what is queued, waiting at most `timeout` seconds for the model thread; stop the decode threads."""
+        self.batcher.close(timeout=max(0.0, timeout))
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- reading a request ------------------------------------------------------------------------------------
@@ -319,12 +320,14 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
         holder["service"] = service
         try:
             yield
-        finally:
-            service.close()
+        finally:  # the whole shutdown within --timeout of its start: what the server's graceful wait left
+            since = app.state.stopping_since
+            service.close(limits.timeout_s - (time.monotonic() - since if since is not None else 0.0))
 
     app = FastAPI(title="resnet-classify", summary="Classify images with the ResNet family over HTTP",
                   lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.stopping_since = None  # time.monotonic() of the signal that stops the server (server.Server)
 
     def service() -> Service:
         return holder["service"]

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import uvicorn
 
@@ -71,6 +72,9 @@ class Server(uvicorn.Server):
             _say(f"{PROG}: interrupted\n")
             os._exit(128 + signum)
         self.should_exit = True
+        state = getattr(self.config.app, "state", None)
+        if state is not None:  # the application's own close gets what is left of --timeout (app.create_app)
+            state.stopping_since = time.monotonic()
         _say(STOPPING)
 
     @contextlib.contextmanager
@@ -106,7 +110,8 @@ def url_of(sock) -> str:
 
 def run(app, sock, *, timeout_s: float, quiet: bool = False) -> None:
     """Serve `app` on the listening socket `sock` until a signal (module docstring). In-flight requests get up
-    to `timeout_s` seconds to finish after the first signal."""
+    to `timeout_s` seconds to finish after the first signal: uvicorn's graceful wait and then the application's
+    close share that one deadline."""
     config = uvicorn.Config(app, log_config=log_config(quiet), lifespan="on", server_header=False,
                             timeout_graceful_shutdown=max(1, int(timeout_s + 0.999)))
     Server(config).run(sockets=[sock])
