@@ -25,7 +25,7 @@ class StopSignals:
         self.signum: int | None = None
         # How the first signal's line is said: straight to stderr's file descriptor by default; a live progress
         # bar replaces it (commands/stream.py) so that the line goes above the bar, not onto it.
-        self.say = _say
+        self.say = say
 
     def handler(self, signum, frame) -> None:
         if self.event.is_set():
@@ -53,7 +53,7 @@ class StopSignals:
         return ExitCode.SOME_FAILED if failed else ExitCode.OK
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """A line on stderr from a signal handler: straight to the file descriptor, since the handler may run
     while the main thread is inside a buffered write to stderr (which would raise a reentrant-call error)."""
     try:

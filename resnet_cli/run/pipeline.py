@@ -53,29 +53,33 @@ def prepare(source: Source, pre: Preprocess, fast_decode: bool = False, network:
     if source.error is not None:
         return Prepared(source.path, None, source.error)
     draft = FAST_DECODE_FACTOR * pre.resize if fast_decode else None
-    try:
+
+    def open_image():
         data = network.read(source.path)
         if data is not None:
-            img = open_bytes(data, draft_min_side=draft)
-        else:
-            img = open_local(source.path, draft_min_side=draft)
-        return Prepared(source.path, resize_and_crop(img, pre).tobytes(),
-                        view=view_of(img, pre, view_size) if view_size else None)
-    except InputError as exc:
-        return Prepared(source.path, None, exc)
-    except Exception as exc:  # a bug here must cost one record, not the run
-        return Prepared(source.path, None, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+            return open_bytes(data, draft_min_side=draft)
+        return open_local(source.path, draft_min_side=draft)
+
+    return _decoded(source.path, open_image, pre, view_size)
 
 
-def prepare_bytes(path: str, data: bytes, pre: Preprocess) -> Prepared:
+def prepare_bytes(path: str, data: bytes | bytearray, pre: Preprocess) -> Prepared:
     """`prepare` for an image given as bytes (an upload to the server): the same decoder, limits (format
     allowlist, pixel bomb guard) and resize, so the same bytes give the same pixels as the file would; `path`
     names it in its record. Never raises for a bad input."""
+    return _decoded(path, lambda: open_bytes(data), pre, None)
+
+
+def _decoded(path: str, open_image, pre: Preprocess, view_size: int | None) -> Prepared:
+    """`open_image()`'s picture resized and cropped (and its view kept, with `view_size`), or the InputError
+    it raised as a failure in `path`'s place: a bug here costs one record, not the run or the server."""
     try:
-        return Prepared(path, resize_and_crop(open_bytes(data), pre).tobytes())
+        img = open_image()
+        return Prepared(path, resize_and_crop(img, pre).tobytes(),
+                        view=view_of(img, pre, view_size) if view_size else None)
     except InputError as exc:
         return Prepared(path, None, exc)
-    except Exception as exc:  # a bug here must cost one record, not the server
+    except Exception as exc:
         return Prepared(path, None, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
 
 

@@ -14,6 +14,7 @@ it deletes the application, Ray Serve letting each replica finish its requests w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,8 @@ import threading
 from ..core.errors import PROG, UsageError, first_line
 from .app import Limits, create_app
 from .model import ModelSettings, load
-from .server import STOPPING, _say
+from ..core.signals import say
+from .server import STOPPING
 
 APP_NAME = "resnet-classify"
 
@@ -54,7 +56,7 @@ def run(settings: ModelSettings, limits: Limits, *, host: str, port: int, replic
         address: str | None = None, quiet: bool = False) -> int:
     """Deploy on the cluster at `address` (else RAY_ADDRESS, else a local Ray of this machine's cores) and serve
     until a signal (module docstring). Returns the exit code. Raises UsageError."""
-    from ..run.engines.ray import _connect, import_ray
+    from ..run.engines.ray import connect, import_ray
 
     if port == 0:
         raise UsageError("--engine ray needs a port (Ray Serve's proxy listens on the one it is given)")
@@ -64,17 +66,17 @@ def run(settings: ModelSettings, limits: Limits, *, host: str, port: int, replic
         from ray import serve
     except ImportError:
         raise UsageError("--engine ray needs Ray Serve: pip install 'resnet-classify[ray]'") from None
-    started = _connect(ray, address, os.cpu_count() or 1)
+    started = connect(ray, address, os.cpu_count() or 1)
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     stop = threading.Event()
 
     def handler(signum, frame):
         if stop.is_set():
-            _say(f"{PROG}: interrupted\n")
+            say(f"{PROG}: interrupted\n")
             os._exit(128 + signum)
         stop.set()
-        _say(STOPPING)
+        say(STOPPING)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -84,10 +86,12 @@ def run(settings: ModelSettings, limits: Limits, *, host: str, port: int, replic
             serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
             serve.run(deployment(settings, limits, replicas=replicas, gpus=gpus), name=APP_NAME, route_prefix="/")
         except Exception as exc:  # a replica that cannot load the weights, a port Ray cannot have
+            with contextlib.suppress(Exception):  # on a cluster that outlives us, leave no broken application
+                serve.delete(APP_NAME)
             raise UsageError(f"Ray Serve could not start the application: {first_line(exc)}") from None
         if not quiet:
             shown = f"[{host}]" if ":" in host else host
-            _say(f"{PROG}: serving {settings.model.resolve().arch.name} on http://{shown}:{port} with Ray Serve "
+            say(f"{PROG}: serving {settings.model.resolve().arch.name} on http://{shown}:{port} with Ray Serve "
                  f"({replicas} replica{'s' if replicas != 1 else ''})\n")
         while not stop.wait(0.5):
             pass

@@ -10,13 +10,13 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 
 import uvicorn
 
 from ..core.errors import PROG
+from ..core.signals import say
 
 STOPPING = (f"{PROG}: stopping: answering the requests in flight, accepting no more (send the signal again to "
             "stop at once)\n")
@@ -56,26 +56,19 @@ def log_config(quiet: bool) -> dict:
     return config
 
 
-def _say(text: str) -> None:
-    try:
-        os.write(sys.stderr.fileno(), text.encode("utf-8", "replace"))
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 class Server(uvicorn.Server):
     """uvicorn's server with classify's signal rules (module docstring). uvicorn's own re-raises the signal
     once it has shut down, which would end the process with 143 instead of 0."""
 
     def handle_signal(self, signum, frame) -> None:
         if self.should_exit:
-            _say(f"{PROG}: interrupted\n")
+            say(f"{PROG}: interrupted\n")
             os._exit(128 + signum)
         self.should_exit = True
         state = getattr(self.config.app, "state", None)
         if state is not None:  # the application's own close gets what is left of --timeout (app.create_app)
             state.stopping_since = time.monotonic()
-        _say(STOPPING)
+        say(STOPPING)
 
     @contextlib.contextmanager
     def capture_signals(self):

@@ -152,7 +152,7 @@ def import_ray():
     return ray
 
 
-def _connect(ray, address: str | None, num_cpus: int) -> bool:
+def connect(ray, address: str | None, num_cpus: int) -> bool:
     """Connect to the cluster at `address` (else RAY_ADDRESS), or start a private local Ray with `num_cpus`.
     Returns whether this call started Ray (and so must shut it down). Ray's own messages stay off stdout."""
     if ray.is_initialized():
@@ -212,7 +212,7 @@ def records(job: Job, stop: threading.Event) -> Iterator[Record]:
     # else every core); with a GPU, every core, for the decode tasks that feed it.
     cores = default_workers()
     on_cpu = opts.device == "cpu" or (opts.device == "auto" and not torch.cuda.is_available())
-    started = _connect(ray, opts.ray_address, (opts.workers or cores) if on_cpu else cores)
+    started = connect(ray, opts.ray_address, (opts.workers or cores) if on_cpu else cores)
     ray_logger = logging.getLogger("ray.data")
     old_level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # "Running Dataset ..." and the like are Ray's business, not the user's
