@@ -157,6 +157,35 @@ def test_a_client_that_stalls_mid_upload_gets_504_within_the_timeout(gated):
     assert metric(running.url, 'resnet_classify_failures_total{type="timeout"}') == timeouts + 2
 
 
+def test_bodies_held_at_once_are_bounded_and_freed_with_their_answers(resnet18):
+    running = serve(resnet18, Limits(max_upload=1 << 20, timeout_s=30))
+    stalled = []
+    try:
+        photo = PHOTOS[0].read_bytes()
+        for _ in range(4):  # each says 1 MB is coming, sends a little and waits: 4 MB held, the bound
+            sock = _connect(running.url)
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 1048576\r\n\r\n" + b"\xff\xd8\xff")
+            stalled.append(sock)
+        for _ in range(200):  # until the server has taken the four (each at once, when its headers arrive)
+            busy = httpx.post(running.url + "/v1/classify", content=photo, headers={"Content-Type": "image/png"})
+            if busy.status_code != 200:
+                break
+            time.sleep(0.02)
+        assert busy.status_code == 503 and busy.json()["error"]["type"] == "queue_full", busy.text
+        assert "request bodies" in busy.json()["error"]["message"] and "retry-after" in busy.headers
+        for sock in stalled:  # the clients give up: their bodies no longer count
+            sock.close()
+        stalled.clear()
+        wait_for(lambda: httpx.post(running.url + "/v1/classify", content=photo,
+                                    headers={"Content-Type": "image/png"}).status_code == 200,
+                 "the bodies of the clients gone were not freed")
+    finally:
+        for sock in stalled:
+            sock.close()
+        running.stop()
+
+
 class _Broken:
     def observe(self, value) -> None:
         raise RuntimeError("injected: the batch size gauge broke")
