@@ -19,6 +19,7 @@ from torchvision.models import quantization
 
 from resnet_cli.core.errors import UsageError
 from resnet_cli.models import quantized, registry, resolve, state_dicts
+from resnet_cli.models import weights as weights_module
 from resnet_cli.models.weights import cached_file
 
 QUANTIZED_ENUMS = {
@@ -29,10 +30,34 @@ QUANTIZED_ENUMS = {
 }
 
 
-def install(ckpt, spec: registry.WeightsSpec) -> None:
-    """Put a stand-in where torchvision would have downloaded `spec` (the tests' own TORCH_HOME)."""
-    cached_file(spec).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ckpt, cached_file(spec))
+@pytest.fixture
+def patch_weights(monkeypatch):
+    """patch(arch, name, **fields): the registry with those fields of `arch`'s int8 weights `name` changed."""
+    data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
+
+    def patch(arch: str, name: str, **fields) -> None:
+        d = copy.deepcopy(data)
+        d["architectures"][arch]["quantized"]["weights"][name].update(fields)
+        monkeypatch.setattr(registry, "_data", lambda: d)
+        registry.architectures.cache_clear()
+
+    yield patch
+    registry.architectures.cache_clear()
+
+
+@pytest.fixture
+def install(patch_weights):
+    """install(ckpt, spec): a stand-in where torchvision would have downloaded `spec` (the tests' own
+    TORCH_HOME), the registry's hash prefix made the stand-in's: a file named with an underscore before its
+    hash (resnet18_fbgemm_16fa66dd.pth) is checked each time it is used."""
+
+    def put(ckpt, spec: registry.WeightsSpec) -> None:
+        cached_file(spec).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ckpt, cached_file(spec))
+        sha = hashlib.sha256(cached_file(spec).read_bytes()).hexdigest()[:8]
+        patch_weights(spec.arch, spec.name, sha256_prefix=sha)
+
+    return put
 
 
 @contextlib.contextmanager
@@ -125,7 +150,7 @@ def test_int8_names_that_do_not_fit_are_refused_with_what_there_is(arch, name, m
     ("resnet18", "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1"),
     ("resnet50", "IMAGENET1K_FBGEMM_V2"),  # the short name; resnet50 is the default architecture
 ])
-def test_int8_weights_give_torchvisions_quantized_outputs_exactly(arch, weights, quantized_checkpoint, cli):
+def test_int8_weights_give_torchvisions_quantized_outputs_exactly(arch, weights, quantized_checkpoint, cli, install):
     ckpt = quantized_checkpoint(arch)
     resolved = resolve.resolve(None, weights)
     install(ckpt, resolved.spec)
@@ -161,7 +186,7 @@ def test_int8_features_are_torchvisions_dequantized_pooled_features(quantized_ch
 
 
 def test_int8_weights_run_on_the_cpu_in_fp32_only_and_export_as_their_float_weights(quantized_checkpoint, cli,
-                                                                                       tmp_path):
+                                                                                       tmp_path, install):
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     install(quantized_checkpoint("resnet18"), spec)
     res = cli(PHOTOS[0], "-w", spec.full_name, "--precision", "bf16", "--offline")
@@ -175,14 +200,14 @@ def test_int8_weights_run_on_the_cpu_in_fp32_only_and_export_as_their_float_weig
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_float_checkpoint_in_the_int8_weights_place_is_refused(checkpoint, cli):
+def test_a_float_checkpoint_in_the_int8_weights_place_is_refused(checkpoint, cli, install):
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     install(checkpoint("resnet18"), spec)
     res = cli(PHOTOS[0], "-w", spec.full_name, "--offline")
     assert res.code == 2 and "not an int8 network's state dict" in res.stderr
 
 
-def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, cli):
+def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, cli, install):
     install(quantized_checkpoint("resnet18"), registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"])
     data = {m["arch"]: m for m in json.loads(cli("models", "--format", "json").stdout)}
     r18 = data["resnet18"]["int8"]
@@ -195,23 +220,17 @@ def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, 
 
 
 @pytest.fixture
-def int8_server(weights_server, monkeypatch):
+def int8_server(weights_server, patch_weights):
     """serve(body, sha): resnet18's int8 weights served from this machine, under a file name shaped as the
     published one (resnet18_fbgemm_<8 hex>.pth: an underscore before the hash)."""
     base, served = weights_server
-    data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
 
     def serve(body: bytes, sha: str) -> None:
         name = f"/models/quantized/resnet18_fbgemm_{sha}.pth"
         served[name] = body
-        d = copy.deepcopy(data)
-        w = d["architectures"]["resnet18"]["quantized"]["weights"]["IMAGENET1K_FBGEMM_V1"]
-        w["url"], w["sha256_prefix"] = f"{base}{name}", sha
-        monkeypatch.setattr(registry, "_data", lambda: d)
-        registry.architectures.cache_clear()
+        patch_weights("resnet18", "IMAGENET1K_FBGEMM_V1", url=f"{base}{name}", sha256_prefix=sha)
 
-    yield serve
-    registry.architectures.cache_clear()
+    return serve
 
 
 @pytest.mark.timeout(60)
@@ -227,3 +246,24 @@ def test_download_fetches_int8_weights_hash_checked(int8_server, quantized_check
     assert res.code == 0, res.stderr
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     assert cached_file(spec).read_bytes() == body and "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1" in res.text
+
+
+def test_an_int8_file_torchvision_cached_unchecked_is_checked_before_use(quantized_checkpoint, cli):
+    """torch.hub checks only names with the hash after a hyphen; the three named with an underscore land in the
+    shared cache unchecked when torchvision downloads them. This tool checks them when it uses them."""
+    import torch
+
+    names = {"resnet18": "IMAGENET1K_FBGEMM_V1", "resnet50": "IMAGENET1K_FBGEMM_V1",
+             "resnext101_32x8d": "IMAGENET1K_FBGEMM_V1"}
+    for arch, name in names.items():
+        spec = registry.get_arch(arch).quantized[name]
+        assert torch.hub.HASH_REGEX.search(spec.file_name) is None  # torch.hub would check nothing
+        assert spec.file_name.endswith(f"_fbgemm_{spec.sha256_prefix}.pth")
+    assert weights_module.HUB_HASH.pattern == torch.hub.HASH_REGEX.pattern
+    spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
+    cached_file(spec).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(quantized_checkpoint("resnet18"), cached_file(spec))  # not the published file: another hash
+    res = cli(PHOTOS[0], "-w", spec.full_name, "--offline")
+    assert res.code == 3 and res.stdout == b""
+    assert f"hash mismatch in the cached file {cached_file(spec)}: expected a sha256 beginning 16fa66dd" in res.stderr
+    assert "delete it to download it again" in res.stderr
