@@ -183,3 +183,18 @@ def test_int8_openvino_keeps_the_named_layers_in_fp32_with_the_openvino_extra_al
     assert len(convs) == 20 and len(matmuls) == 1  # resnet18: 17 convs and 3 downsampling ones; fc
     assert not weight_is_quantized(convs[0]) and not weight_is_quantized(matmuls[0])  # conv1, fc: fp32
     assert all(weight_is_quantized(op) for op in convs[1:])  # the rest: int8
+
+
+@pytest.mark.parametrize("out, missing, extra", [("m.xml", "nncf", "openvino"), ("m.xml", "onnx", "openvino"),
+                                                 ("m.onnx", "onnxscript", "onnx")])
+def test_int8_without_a_package_it_needs_names_the_extra(out, missing, extra, apart, checkpoint, cli, tmp_path,
+                                                          monkeypatch):
+    import sys
+
+    calibrate, check = apart
+    monkeypatch.setitem(sys.modules, missing, None)
+    res = cli("export", "-w", checkpoint("resnet18"), "-o", tmp_path / out, "--int8", "--crop", "64",
+              "--calibrate", calibrate, "--check", check)
+    assert res.code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"needs the {missing} package: pip install 'resnet-classify[{extra}]'" in res.stderr
+    assert not (tmp_path / out).exists()
