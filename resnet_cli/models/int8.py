@@ -19,7 +19,11 @@ checked against the float network on held-out photos before anything is written.
   that none does and the calibration photos are the thing to change.
 - Layers kept in fp32 (`keep`): torchvision's module names (conv1, layer1 ... layer4, layer4.1, fc; a conv's
   name covers the BatchNorm folded into it), matched against the module each ONNX node came from (the torch
-  exporter's `pkg.torch.onnx.name_scopes` node metadata).
+  exporter's `pkg.torch.onnx.name_scopes` node metadata); for OpenVINO those nodes are then found among the
+  converted model's operations (`openvino_names`: the converter renames a biased Conv or MatMul
+  "<node>/WithoutBiases"), and NNCF's IgnoredScope validates that each name exists.
+- The metadata written is read back (export.read_back) and must give the model's labels and preprocessing; the
+  int8 side of the check runs with the preprocessing read back.
 """
 
 from __future__ import annotations
@@ -136,9 +140,10 @@ def _quantize_openvino(fp32_path: str, xml: str, batches: list, exclude: list[st
 
     ov = need("openvino")
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime", as NNCF loads
-    import nncf
     import contextlib
     import io
+
+    import nncf
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.convert_model(fp32_path)

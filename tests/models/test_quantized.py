@@ -62,13 +62,14 @@ def install(patch_weights):
 
 @contextlib.contextmanager
 def quantized_engine(name: str):
-    """torch.backends.quantized.engine set to `name` for the block, restored after."""
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
+    """torch.backends.quantized.engine set to `name` for the block, restored after (the test's own: one that
+    relied on quantized.engine would break with it)."""
+    backends = torch.backends.quantized
+    before, backends.engine = backends.engine, name
     try:
         yield
     finally:
-        torch.backends.quantized.engine = before
+        backends.engine = before
 
 
 # Not fbgemm: the engine our code finds set when it runs, so that it reproduces torchvision only by choosing
