@@ -12,9 +12,14 @@
 - Metadata: the JSON a model made by `train` carries (arch, labels, preprocess, base_weights) plus the
   export's own fields (format, precision, opset, producer, source and its SHA-256 for a file), under the key
   "resnet_classify": an ONNX model's metadata_props, an IR's rt_info. resolve.exported_metadata reads it back.
+- The metadata read back (`read_back`), always: the new file's metadata, read as `--weights FILE` reads it
+  (resolve.exported_metadata), must give the original labels and preprocessing (resize, crop, mean, std,
+  interpolation) exactly, or the export is refused.
 - The parity check (`check_parity`), always: the new file, opened by the runtime exactly as `classify` opens
-  it (runtimes.open_forward), and the original torch network (eager, float32) on the same preprocessed images,
-  at batch 1 (each image alone) and at batch N (all of them at once): top-5 indices identical, every
+  it (runtimes.open_forward) and fed the images normalised with the preprocessing read back from it, and the
+  original torch network (eager, float32) on the same images normalised with the original preprocessing, at
+  batch 1 (each image alone), at batch N (all of them at once) and at classify's CPU chunk
+  (devices.forward_batch("cpu"), the images repeated to fill it): top-5 indices identical, every
   probability within PROB_TOLERANCE, features within FEATURE_TOLERANCE of their largest value. The model is
   written under a temporary name in the target folder, checked there, and renamed into place only when it
   passes (the .bin before the .xml); a file that fails is deleted and the export is refused.
@@ -36,6 +41,7 @@ import torch
 from ..core.errors import UsageError
 from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need, reason
 from .preprocess import normalize
+from .registry import Preprocess
 from .resolve import Resolved
 
 DEFAULT_OPSET = 20
@@ -148,19 +154,28 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preprocess, names: list[str]) -> Parity:
+def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preprocess, names: list[str],
+                 model_preprocess=None) -> Parity:
     """The exported `model` against the torch `module` (model.ResNet, eval, float32) on `batch_u8`, (N, crop,
-    crop, 3) uint8 images named `names`: each image alone (batch 1), then all N at once (one image: twice). Top-5 must be identical
-    and probabilities within PROB_TOLERANCE, features within FEATURE_TOLERANCE (relative); the first failure
-    is named in `failure`."""
+    crop, 3) uint8 images named `names`: each image alone (batch 1), all N at once (one image: twice), and
+    classify's CPU chunk (devices.forward_batch("cpu") images, the N repeated to fill it). The torch side is
+    fed the images normalised with `preprocess`, the exported side with `model_preprocess` (the preprocessing
+    read back from the file; default `preprocess`). Top-5 must be identical and probabilities within
+    PROB_TOLERANCE, features within FEATURE_TOLERANCE (relative); the first failure is named in `failure`."""
+    from .devices import forward_batch
     from .runtimes import open_forward
 
     forward = open_forward(model)
     images = len(batch_u8)
     if images == 1:  # a larger batch needs two images: the one photo twice
         batch_u8, names = torch.cat([batch_u8, batch_u8]), names * 2
+    n = len(batch_u8)
+    chunk = forward_batch("cpu")
+    if n != chunk:  # classify's fixed chunk: the images repeated (or cut) to fill it
+        reps = -(-chunk // n)
+        batch_u8, names = batch_u8.repeat(reps, 1, 1, 1)[:max(n, chunk)], (names * reps)[:max(n, chunk)]
     x = normalize(batch_u8, preprocess).contiguous()
-    n = len(x)
+    x_model = normalize(batch_u8, model_preprocess or preprocess).contiguous()
     with torch.inference_mode():
         ref_features = module.features(x)
         ref_logits = module.fc(ref_features)
@@ -168,8 +183,11 @@ def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preproces
     top = min(TOP, ref_probs.shape[1])
     ref_top = ref_probs.topk(top, dim=1).indices
     scale = float(ref_features.abs().max().clamp_min(1e-12))
-    parity = Parity(images, (1, n))
-    runs = [(1, [(i, x[i:i + 1]) for i in range(images)]), (n, [(0, x)])]
+    batches = (1, n) if n == chunk else (1, n, chunk)
+    parity = Parity(images, batches)
+    runs = [(1, [(i, x_model[i:i + 1]) for i in range(images)]), (n, [(0, x_model[:n])])]
+    if n != chunk:
+        runs.append((chunk, [(0, x_model[:chunk])]))
     for batch, parts in runs:
         for start, part in parts:
             logits = forward(part)
@@ -196,6 +214,30 @@ def check_parity(module, model: ExportedModel, batch_u8: torch.Tensor, preproces
         parity.failure = (f"a feature differs by {parity.max_feature_diff:.2e} of the largest, over the tolerance "
                           f"{FEATURE_TOLERANCE:g}")
     return parity
+
+
+def read_back(path: str, fmt: str, labels: tuple[str, ...], preprocess: Preprocess) -> Preprocess:
+    """The preprocessing (registry.Preprocess) the exported file at `path` gives, read back as `--weights FILE`
+    reads it (resolve.exported_metadata). Raises UsageError, "export refused, nothing written", when its labels
+    or preprocessing (resize, crop, mean, std, interpolation) differ from `labels` and `preprocess`."""
+    from .resolve import exported_metadata
+
+    meta = exported_metadata(path, fmt)
+    p = meta["preprocess"]
+    got = Preprocess(p["resize"], p["crop"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
+    want = Preprocess(preprocess.resize, preprocess.crop, tuple(preprocess.mean), tuple(preprocess.std),
+                      preprocess.interpolation)
+    refused = f"{FORMAT_NAMES[fmt]} export refused, nothing written: the metadata read back from the file"
+    if tuple(meta["labels"]) != tuple(labels):
+        wrong = next((i for i, (a, b) in enumerate(zip(meta["labels"], labels)) if a != b), min(len(meta["labels"]),
+                                                                                                len(labels)))
+        raise UsageError(f"{refused} gives other labels than the model's ({len(meta['labels'])} against "
+                         f"{len(labels)}; the first difference at class {wrong})")
+    if got != want:
+        fields = [f for f in ("resize", "crop", "mean", "std", "interpolation") if getattr(got, f) != getattr(want, f)]
+        raise UsageError(f"{refused} gives other preprocessing than the model's ({', '.join(fields)}: "
+                         f"{', '.join(f'{getattr(got, f)} against {getattr(want, f)}' for f in fields)})")
+    return got
 
 
 def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output: str, batch_u8: torch.Tensor,
@@ -232,7 +274,8 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
                 blobs.append(f.read())
         model = ExportedModel(fmt, tuple(blobs), output, len(labels))
         start = time.perf_counter()
-        parity = check_parity(module, model, batch_u8, weights.preprocess, names)
+        written = read_back(produced[-1], fmt, labels, weights.preprocess)
+        parity = check_parity(module, model, batch_u8, weights.preprocess, names, written)
         checked = time.perf_counter() - start
         if not parity.ok:
             raise UsageError(f"{FORMAT_NAMES[fmt]} export refused, nothing written: the parity check failed: "

@@ -28,6 +28,7 @@ EXTRAS = {"onnx": "onnx", "openvino": "openvino"}  # the optional extra that ins
 METADATA_KEY = "resnet_classify"
 MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf's own limit on one message: larger .onnx files are not single files
 INPUT, LOGITS, FEATURES = "input", "logits", "features"
+DEFAULT_MIN_AGREEMENT = 0.98  # export --int8: the least top-1 agreement with fp32 a written int8 model has (int8.py)
 
 
 @dataclass(frozen=True, eq=False)

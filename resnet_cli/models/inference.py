@@ -5,7 +5,8 @@ CUDA: the eager module in channels_last, cuDNN in its deterministic mode; uint8 
     memory, non-blocking, and are normalised on the GPU (a quarter of the bytes of a float batch).
 MPS: the eager module.
 Precision: fp32 (default, exact: top-5 as torchvision's reference), bf16 (CPUs with AVX-512 BF16/AMX, CUDA),
-fp16 (CUDA, MPS). torchvision's int8 weights (quantized.py) run on the CPU, on torch's fbgemm engine, as they are. Softmax (or a one-output head's sigmoid) is always taken in float32.
+fp16 (CUDA, MPS). torchvision's int8 weights (quantized.py) run on the CPU, on torch's fbgemm engine, as they
+are. Softmax (or a one-output head's sigmoid) is always taken in float32.
 
 An image's answer depends on the image and the options only, to the last bit. Kernel libraries pick their
 algorithms by tensor shape (oneDNN computes an image in a batch of 1, 2 or 3 differently from one in a batch of

@@ -19,7 +19,11 @@ checked against the float network on held-out photos before anything is written.
   that none does and the calibration photos are the thing to change.
 - Layers kept in fp32 (`keep`): torchvision's module names (conv1, layer1 ... layer4, layer4.1, fc; a conv's
   name covers the BatchNorm folded into it), matched against the module each ONNX node came from (the torch
-  exporter's `pkg.torch.onnx.name_scopes` node metadata).
+  exporter's `pkg.torch.onnx.name_scopes` node metadata); for OpenVINO those nodes are then found among the
+  converted model's operations (`openvino_names`: the converter renames a biased Conv or MatMul
+  "<node>/WithoutBiases"), and NNCF's IgnoredScope validates that each name exists.
+- The metadata written is read back (export.read_back) and must give the model's labels and preprocessing; the
+  int8 side of the check runs with the preprocessing read back.
 """
 
 from __future__ import annotations
@@ -34,11 +38,10 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import UsageError
-from .formats import INPUT, METADATA_KEY, ExportedModel, bin_path, need
+from .formats import DEFAULT_MIN_AGREEMENT, INPUT, METADATA_KEY, ExportedModel, bin_path, need
 from .preprocess import normalize
 from .resolve import Resolved
 
-DEFAULT_MIN_AGREEMENT = 0.98  # top-1 agreement with fp32 on the held-out photos a written int8 model has at least
 MAX_CALIBRATION = 300  # calibration images used (NNCF's own default subset size)
 CALIBRATION_BATCH = 8
 CANDIDATES = (("conv1", "fc"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))  # what `sensitivity` tries
@@ -84,6 +87,12 @@ def node_scopes(proto) -> dict[str, set[str]]:
     return scopes
 
 
+def no_layer(name: str) -> str:
+    """The usage error's text for a --keep-fp32 name that is no layer of the network."""
+    return (f"--keep-fp32 {name}: no layer of that name in the network; use torchvision's module names: conv1, "
+            "layer1, layer2, layer3, layer4, fc, or a block such as layer4.1")
+
+
 def kept_nodes(scopes: dict[str, set[str]], keep: tuple[str, ...]) -> list[str]:
     """The nodes of the modules named in `keep` (and of their submodules). Raises UsageError for a name that
     matches no node, listing the stages."""
@@ -91,8 +100,7 @@ def kept_nodes(scopes: dict[str, set[str]], keep: tuple[str, ...]) -> list[str]:
     for name in keep:
         found = [n for n, s in scopes.items() if any(x == name or x.startswith(name + ".") for x in s)]
         if not found:
-            raise UsageError(f"--keep-fp32 {name}: no layer of that name in the network; use torchvision's module "
-                             "names: conv1, layer1, layer2, layer3, layer4, fc, or a block such as layer4.1")
+            raise UsageError(no_layer(name))
         nodes += [n for n in found if n not in nodes]
     return nodes
 
@@ -132,22 +140,37 @@ def _quantize_openvino(fp32_path: str, xml: str, batches: list, exclude: list[st
 
     ov = need("openvino")
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime", as NNCF loads
-    try:
-        import nncf
-    except ImportError:
-        raise UsageError("int8 OpenVINO models need NNCF: pip install 'resnet-classify[openvino]'") from None
     import contextlib
     import io
 
+    import nncf
+
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.convert_model(fp32_path)
+    names = openvino_names(model, exclude)
     samples = [b[i:i + 1] for b in batches for i in range(len(b))]
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
         quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
-                                  ignored_scope=nncf.IgnoredScope(names=exclude, validate=False) if exclude else None)
+                                  ignored_scope=nncf.IgnoredScope(names=names, validate=True) if names else None)
     if meta is not None:
         quantized.set_rt_info(json.dumps(meta), [METADATA_KEY])
     ov.save_model(quantized, xml, compress_to_fp16=False)
+
+
+def openvino_names(model, nodes: list[str]) -> list[str]:
+    """The operations of the converted OpenVINO `model` (openvino.Model) that ONNX `nodes` became: the one of
+    the same friendly name, and those the converter split it into, named "<node>/..." (a Gemm or a biased
+    MatMul becomes "<node>/WithoutBiases" and an Add). Raises UsageError when a node became no operation (the
+    layer would be quantized silently)."""
+    ops = [op.get_friendly_name() for op in model.get_ops()]
+    found = []
+    for node in nodes:
+        mine = [op for op in ops if op == node or op.startswith(node + "/")]
+        if not mine:
+            raise UsageError(f"--keep-fp32: the ONNX node {node} has no operation in the OpenVINO model; "
+                             "export with --format onnx to keep these layers in fp32")
+        found += [op for op in mine if op not in found]
+    return found
 
 
 def _set_onnx_metadata(path: str, meta: dict) -> None:
@@ -170,9 +193,11 @@ def _blobs(fmt: str, paths: list[str]) -> tuple[bytes, ...]:
 
 
 def agreement(module, model: ExportedModel, preprocess, check_u8: torch.Tensor, names: list[str],
-              reference: tuple | None = None) -> tuple[Agreement, tuple]:
+              reference: tuple | None = None, model_preprocess=None) -> tuple[Agreement, tuple]:
     """(Agreement, the float network's top-5) of the int8 `model` with the float `module` on `check_u8` ((N,
-    crop, crop, 3) uint8), each run as `classify` runs it. `reference`: the float top-5 from an earlier call."""
+    crop, crop, 3) uint8), each run as `classify` runs it: the float one with `preprocess`, the int8 one with
+    `model_preprocess` (what its file says; default `preprocess`). `reference`: the float top-5 from an earlier
+    call."""
     from .inference import Predictor
     from .runtimes import ExportedPredictor
 
@@ -180,7 +205,7 @@ def agreement(module, model: ExportedModel, preprocess, check_u8: torch.Tensor, 
     if reference is None:
         float_predictor = Predictor(module, preprocess, device=torch.device("cpu"), dtype=torch.float32)
         reference = float_predictor.classify(check_u8, k)
-    int8 = ExportedPredictor(model, preprocess, num_classes=model.num_classes)
+    int8 = ExportedPredictor(model, model_preprocess or preprocess, num_classes=model.num_classes)
     _, got = int8.classify(check_u8, k)
     want = reference[1]
     same = (got[:, 0] == want[:, 0]).tolist()
@@ -236,6 +261,22 @@ def advice(rows: list[dict], keep: tuple[str, ...]) -> str:
     return "calibrate on more photos like the ones you will classify (--calibrate), or keep the model in fp32"
 
 
+def need_int8(fmt: str) -> None:
+    """A one-line usage error naming the extra unless what `export --int8 --format fmt` needs is installed: the
+    ONNX exporter (onnx, onnxscript) and ONNX Runtime for "onnx"; the ONNX exporter, OpenVINO and NNCF for
+    "openvino" (not ONNX Runtime)."""
+    from .formats import EXTRAS, RUNTIME_NAMES
+
+    need(fmt)
+    wanted = ["onnx", "onnxscript"] + (["nncf"] if fmt == "openvino" else [])
+    for module in wanted:
+        try:
+            __import__(module)
+        except ImportError:
+            raise UsageError(f"export --int8 to {RUNTIME_NAMES[fmt]} needs the {module} package: pip install "
+                             f"'resnet-classify[{EXTRAS[fmt]}]'") from None
+
+
 def check_min_agreement(value: float) -> None:
     """A usage error unless 0 <= value <= 1."""
     if not 0.0 <= value <= 1.0:
@@ -252,18 +293,16 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
     "agreement": {"images", "top1", "top5_overlap", "top1_changed"}, "min_agreement", "seconds"}. Raises
     UsageError, with `advice` (when `advise`), when the top-1 agreement is below `min_agreement`: nothing is
     left at `output` then (a file already there stays as it was)."""
-    import onnx
-
-    from .export import DEFAULT_OPSET, commit_files, metadata, open_targets, to_onnx
+    from .export import DEFAULT_OPSET, commit_files, metadata, open_targets, read_back, to_onnx
 
     check_min_agreement(min_agreement)
     modules = dict(module.named_modules())
     for name in keep:
         if name not in modules or not name:
-            raise UsageError(f"--keep-fp32 {name}: no layer of that name in the network; use torchvision's module "
-                             "names: conv1, layer1, layer2, layer3, layer4, fc, or a block such as layer4.1")
-    need(fmt)
-    need("onnx")
+            raise UsageError(no_layer(name))
+    need_int8(fmt)
+    import onnx
+
     opset = opset or DEFAULT_OPSET
     folder = os.path.dirname(os.path.abspath(output))
     targets = [output] if fmt == "onnx" else [bin_path(output), output]
@@ -284,7 +323,8 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
         paths, model = _quantize(fmt, fp32_path, work, batches, exclude, meta, labels)
         quantized = time.perf_counter() - start
         start = time.perf_counter()
-        agreed, reference = agreement(module, model, weights.preprocess, check_u8, names)
+        written = read_back(paths[-1], fmt, labels, weights.preprocess)
+        agreed, reference = agreement(module, model, weights.preprocess, check_u8, names, model_preprocess=written)
         checked = time.perf_counter() - start
         if agreed.top1 < min_agreement:
             text = (f"int8 export refused, nothing written: top-1 agreement with fp32 is {agreed.top1:.1%} on "

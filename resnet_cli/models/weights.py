@@ -3,7 +3,9 @@
 Published weights live where torchvision keeps them, `$TORCH_HOME/hub/checkpoints/<file name from the URL>`
 (TORCH_HOME defaults to `$XDG_CACHE_HOME/torch`, then `~/.cache/torch`), so files a user already downloaded
 through torchvision are reused and the other way round. A missing file is downloaded with a progress bar on
-stderr, its SHA-256 checked against the prefix in its name, and renamed into place only when complete.
+stderr, its SHA-256 checked against the prefix in its name, and renamed into place only when complete. A cached
+file whose name torch.hub cannot check (HUB_HASH: three int8 files put the prefix after an underscore, so
+torchvision downloads them unchecked) is checked again each time it is used.
 `--offline` or RESNET_CLASSIFY_OFFLINE=1 never touches the network.
 
 Checkpoint files are read by state_dicts.py (weights_only, every header bounded); this module fits them to an
@@ -12,7 +14,9 @@ architecture and names their classes.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ from .resolve import Resolved
 from .state_dicts import MAX_CLASSES, checkpoint_shapes, head_classes, head_shape, infer_arch, read_state_dict
 
 OFFLINE_ENV = "RESNET_CLASSIFY_OFFLINE"
+HUB_HASH = re.compile(r"-([a-f0-9]*)\.")  # torch.hub.HASH_REGEX: the file names whose hash torch.hub checks
 
 
 def offline_from_env() -> bool:
@@ -69,6 +74,8 @@ def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False, checkpoint_h
     whether a failure suggests `--weights PATH` (advice for classifying, not for `download`)."""
     dest = cached_file(spec)
     if dest.is_file():
+        if not HUB_HASH.search(spec.file_name):  # possibly downloaded by torchvision, which never checked it
+            check_cached(spec, dest)
         return dest
     if offline:
         raise _unavailable(spec, OFFLINE_REASON, checkpoint_hint)
@@ -87,6 +94,23 @@ def fetch(spec: WeightsSpec, *, offline: bool, quiet: bool = False, checkpoint_h
     except OSError as exc:
         raise _unavailable(spec, f"it cannot be written there: {exc}", checkpoint_hint) from None
     return dest
+
+
+def check_cached(spec: WeightsSpec, path: Path) -> None:
+    """Raises WeightsUnavailable (exit 3) naming the file unless the SHA-256 of the cached `path` begins with
+    `spec.sha256_prefix`, the hex digits of its published name."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise WeightsUnavailable(f"weights {spec.full_name}: cached file {path}: {exc.strerror or exc}") from None
+    if not digest.hexdigest().startswith(spec.sha256_prefix):
+        raise WeightsUnavailable(
+            f"weights {spec.full_name}: hash mismatch in the cached file {path}: expected a sha256 beginning "
+            f"{spec.sha256_prefix} (its published name's), got sha256 {digest.hexdigest()}; delete it to download "
+            "it again (torchvision stores this file without checking it)")
 
 
 def is_quantized(state_dict: dict) -> bool:

@@ -4,6 +4,7 @@ engine), on seeded stand-ins made in torchvision's quantized layout (checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -18,6 +19,7 @@ from torchvision.models import quantization
 
 from resnet_cli.core.errors import UsageError
 from resnet_cli.models import quantized, registry, resolve, state_dicts
+from resnet_cli.models import weights as weights_module
 from resnet_cli.models.weights import cached_file
 
 QUANTIZED_ENUMS = {
@@ -28,14 +30,55 @@ QUANTIZED_ENUMS = {
 }
 
 
-def install(ckpt, spec: registry.WeightsSpec) -> None:
-    """Put a stand-in where torchvision would have downloaded `spec` (the tests' own TORCH_HOME)."""
-    cached_file(spec).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ckpt, cached_file(spec))
+@pytest.fixture
+def patch_weights(monkeypatch):
+    """patch(arch, name, **fields): the registry with those fields of `arch`'s int8 weights `name` changed."""
+    data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
+
+    def patch(arch: str, name: str, **fields) -> None:
+        d = copy.deepcopy(data)
+        d["architectures"][arch]["quantized"]["weights"][name].update(fields)
+        monkeypatch.setattr(registry, "_data", lambda: d)
+        registry.architectures.cache_clear()
+
+    yield patch
+    registry.architectures.cache_clear()
+
+
+@pytest.fixture
+def install(patch_weights):
+    """install(ckpt, spec): a stand-in where torchvision would have downloaded `spec` (the tests' own
+    TORCH_HOME), the registry's hash prefix made the stand-in's: a file named with an underscore before its
+    hash (resnet18_fbgemm_16fa66dd.pth) is checked each time it is used."""
+
+    def put(ckpt, spec: registry.WeightsSpec) -> None:
+        cached_file(spec).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ckpt, cached_file(spec))
+        sha = hashlib.sha256(cached_file(spec).read_bytes()).hexdigest()[:8]
+        patch_weights(spec.arch, spec.name, sha256_prefix=sha)
+
+    return put
+
+
+@contextlib.contextmanager
+def quantized_engine(name: str):
+    """torch.backends.quantized.engine set to `name` for the block, restored after (the test's own: one that
+    relied on quantized.engine would break with it)."""
+    backends = torch.backends.quantized
+    before, backends.engine = backends.engine, name
+    try:
+        yield
+    finally:
+        backends.engine = before
+
+
+# Not fbgemm: the engine our code finds set when it runs, so that it reproduces torchvision only by choosing
+# fbgemm itself (x86 moves probabilities by up to 0.067 with the same weights).
+OTHER_ENGINE = "x86"
 
 
 def torchvision_int8(arch: str, ckpt):
-    torch.backends.quantized.engine = "fbgemm"
+    """torchvision's quantized model; build it and run it inside quantized_engine("fbgemm")."""
     model = getattr(quantization, arch)(weights=None, quantize=True)
     model.load_state_dict(torch.load(ckpt, weights_only=True))
     return model.eval()
@@ -44,10 +87,10 @@ def torchvision_int8(arch: str, ckpt):
 def reference(arch: str, ckpt, weights) -> dict[str, tuple[list[int], list[float]]]:
     """torchvision's quantized model with the weights' own transforms, one photo at a time: top-5 of the
     softmax, equal probabilities in class-index order (torch.topk leaves their order unspecified)."""
-    model = torchvision_int8(arch, ckpt)
     tf = weights.transforms()
     out = {}
-    with torch.inference_mode():
+    with quantized_engine("fbgemm"), torch.inference_mode():
+        model = torchvision_int8(arch, ckpt)
         for p in PHOTOS:
             probs = model(tf(Image.open(p).convert("RGB")).unsqueeze(0)).softmax(dim=1)[0]
             ranked = sorted(range(len(probs)), key=lambda i: (-probs[i].item(), i))[:5]
@@ -108,12 +151,13 @@ def test_int8_names_that_do_not_fit_are_refused_with_what_there_is(arch, name, m
     ("resnet18", "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1"),
     ("resnet50", "IMAGENET1K_FBGEMM_V2"),  # the short name; resnet50 is the default architecture
 ])
-def test_int8_weights_give_torchvisions_quantized_outputs_exactly(arch, weights, quantized_checkpoint, cli):
+def test_int8_weights_give_torchvisions_quantized_outputs_exactly(arch, weights, quantized_checkpoint, cli, install):
     ckpt = quantized_checkpoint(arch)
     resolved = resolve.resolve(None, weights)
     install(ckpt, resolved.spec)
     ref = reference(arch, ckpt, QUANTIZED_ENUMS[arch][resolved.spec.name])
-    res = cli(*PHOTOS, "--weights", weights, "--offline", "-f", "jsonl", "--batch-size", "4")
+    with quantized_engine(OTHER_ENGINE):
+        res = cli(*PHOTOS, "--weights", weights, "--offline", "-f", "jsonl", "--batch-size", "4")
     assert res.code == 0, res.stderr
     records = res.jsonl()
     assert [r["path"].rsplit("/", 1)[-1] for r in records] == [p.name for p in PHOTOS]
@@ -128,21 +172,22 @@ def test_int8_weights_give_torchvisions_quantized_outputs_exactly(arch, weights,
 
 def test_int8_features_are_torchvisions_dequantized_pooled_features(quantized_checkpoint):
     ckpt = quantized_checkpoint("resnet18")
-    tv = torchvision_int8("resnet18", ckpt)
-    ours = quantized.build(registry.get_arch("resnet18"),
-                           state_dicts.read_state_dict(ckpt, quantized=True), str(ckpt))
     x = torch.randn(3, 3, 224, 224)
-    with torch.inference_mode():
+    with quantized_engine("fbgemm"), torch.inference_mode():
+        tv = torchvision_int8("resnet18", ckpt)
         h = tv.quant(x)
         h = tv.maxpool(tv.relu(tv.bn1(tv.conv1(h))))
         h = tv.layer4(tv.layer3(tv.layer2(tv.layer1(h))))
-        want = tv.dequant(torch.flatten(tv.avgpool(h), 1))
+        want, logits = tv.dequant(torch.flatten(tv.avgpool(h), 1)), tv(x)
+    with quantized_engine(OTHER_ENGINE), torch.inference_mode():
+        ours = quantized.build(registry.get_arch("resnet18"),
+                               state_dicts.read_state_dict(ckpt, quantized=True), str(ckpt))
         assert torch.equal(ours.features(x), want)
-        assert torch.equal(ours(x), tv(x))
+        assert torch.equal(ours(x), logits)
 
 
 def test_int8_weights_run_on_the_cpu_in_fp32_only_and_export_as_their_float_weights(quantized_checkpoint, cli,
-                                                                                       tmp_path):
+                                                                                       tmp_path, install):
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     install(quantized_checkpoint("resnet18"), spec)
     res = cli(PHOTOS[0], "-w", spec.full_name, "--precision", "bf16", "--offline")
@@ -156,14 +201,14 @@ def test_int8_weights_run_on_the_cpu_in_fp32_only_and_export_as_their_float_weig
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_float_checkpoint_in_the_int8_weights_place_is_refused(checkpoint, cli):
+def test_a_float_checkpoint_in_the_int8_weights_place_is_refused(checkpoint, cli, install):
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     install(checkpoint("resnet18"), spec)
     res = cli(PHOTOS[0], "-w", spec.full_name, "--offline")
     assert res.code == 2 and "not an int8 network's state dict" in res.stderr
 
 
-def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, cli):
+def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, cli, install):
     install(quantized_checkpoint("resnet18"), registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"])
     data = {m["arch"]: m for m in json.loads(cli("models", "--format", "json").stdout)}
     r18 = data["resnet18"]["int8"]
@@ -176,23 +221,17 @@ def test_models_lists_the_int8_weights_and_what_is_cached(quantized_checkpoint, 
 
 
 @pytest.fixture
-def int8_server(weights_server, monkeypatch):
+def int8_server(weights_server, patch_weights):
     """serve(body, sha): resnet18's int8 weights served from this machine, under a file name shaped as the
     published one (resnet18_fbgemm_<8 hex>.pth: an underscore before the hash)."""
     base, served = weights_server
-    data = json.loads(resources.files("resnet_cli").joinpath("data", "registry.json").read_text())
 
     def serve(body: bytes, sha: str) -> None:
         name = f"/models/quantized/resnet18_fbgemm_{sha}.pth"
         served[name] = body
-        d = copy.deepcopy(data)
-        w = d["architectures"]["resnet18"]["quantized"]["weights"]["IMAGENET1K_FBGEMM_V1"]
-        w["url"], w["sha256_prefix"] = f"{base}{name}", sha
-        monkeypatch.setattr(registry, "_data", lambda: d)
-        registry.architectures.cache_clear()
+        patch_weights("resnet18", "IMAGENET1K_FBGEMM_V1", url=f"{base}{name}", sha256_prefix=sha)
 
-    yield serve
-    registry.architectures.cache_clear()
+    return serve
 
 
 @pytest.mark.timeout(60)
@@ -208,3 +247,24 @@ def test_download_fetches_int8_weights_hash_checked(int8_server, quantized_check
     assert res.code == 0, res.stderr
     spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
     assert cached_file(spec).read_bytes() == body and "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1" in res.text
+
+
+def test_an_int8_file_torchvision_cached_unchecked_is_checked_before_use(quantized_checkpoint, cli):
+    """torch.hub checks only names with the hash after a hyphen; the three named with an underscore land in the
+    shared cache unchecked when torchvision downloads them. This tool checks them when it uses them."""
+    import torch
+
+    names = {"resnet18": "IMAGENET1K_FBGEMM_V1", "resnet50": "IMAGENET1K_FBGEMM_V1",
+             "resnext101_32x8d": "IMAGENET1K_FBGEMM_V1"}
+    for arch, name in names.items():
+        spec = registry.get_arch(arch).quantized[name]
+        assert torch.hub.HASH_REGEX.search(spec.file_name) is None  # torch.hub would check nothing
+        assert spec.file_name.endswith(f"_fbgemm_{spec.sha256_prefix}.pth")
+    assert weights_module.HUB_HASH.pattern == torch.hub.HASH_REGEX.pattern
+    spec = registry.get_arch("resnet18").quantized["IMAGENET1K_FBGEMM_V1"]
+    cached_file(spec).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(quantized_checkpoint("resnet18"), cached_file(spec))  # not the published file: another hash
+    res = cli(PHOTOS[0], "-w", spec.full_name, "--offline")
+    assert res.code == 3 and res.stdout == b""
+    assert f"hash mismatch in the cached file {cached_file(spec)}: expected a sha256 beginning 16fa66dd" in res.stderr
+    assert "delete it to download it again" in res.stderr

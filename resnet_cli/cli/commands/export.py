@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from ...core.errors import UsageError
+from ...models.formats import DEFAULT_MIN_AGREEMENT
 from ..options import ArchOpt, CropOpt, LabelsOpt, OfflineOpt, QuietOpt, ResizeOpt
 
 MAX_CHECK = 32  # images the parity check runs, each alone and all together
@@ -50,7 +51,8 @@ def command(
         help="onnx or openvino. Default: from -o's extension (.onnx, .xml).")] = None,
     check: Annotated[Optional[str], typer.Option(
         "--check", metavar="DIR", show_default=False,
-        help=f"Photos for the parity check (the first {MAX_CHECK} by name). Default: the sample photos.")] = None,
+        help=f"Photos for the parity check (the first {MAX_CHECK} by name). Default: the sample photos; with "
+        "--int8 required (held-out photos, apart from --calibrate).")] = None,
     opset: Annotated[Optional[int], typer.Option(
         "--opset", metavar="N", show_default=False, help="ONNX opset, 18 to 23. Default: 20.")] = None,
     int8: Annotated[bool, typer.Option(
@@ -62,7 +64,7 @@ def command(
     ] = None,
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", metavar="F", help="With --int8: the least top-1 agreement with fp32 on --check's photos.")
-    ] = 0.98,
+    ] = DEFAULT_MIN_AGREEMENT,
     keep_fp32: Annotated[Optional[str], typer.Option(
         "--keep-fp32", metavar="LAYERS", show_default=False,
         help="With --int8: layers left in fp32, by module name (conv1,fc,layer4 or a block: layer4.1).")] = None,
@@ -104,19 +106,22 @@ def command(
         raise UsageError(f"--weights {weights}: torchvision's int8 weights run in torch only (fbgemm); for an int8 "
                          f"file, export the float weights they quantize with --int8: -w "
                          f"{resolved.arch.enum}.{resolved.spec.unquantized} --int8 --calibrate DIR")
-    if not int8 and (calibrate or keep_fp32 or min_agreement != 0.98):
+    if not int8 and (calibrate or keep_fp32 or min_agreement != DEFAULT_MIN_AGREEMENT):
         raise UsageError("--calibrate, --min-agreement and --keep-fp32 go with --int8")
     if int8 and not calibrate:
         raise UsageError("--int8 needs --calibrate DIR: photos like the ones the model will classify")
+    if int8 and not check:  # the sample photos could be the calibration photos: the check must be held out
+        raise UsageError("--int8 needs --check DIR: held-out photos like yours, apart from --calibrate's")
     if int8:
-        from ...models.int8 import check_min_agreement
+        from ...models.int8 import check_min_agreement, need_int8
 
+        need_int8(fmt)
         check_min_agreement(min_agreement)
     check_outputs([d for d in (check, calibrate) if d], outputs, recursive=False, reads=(weights, labels))
     sources = _check_sources(check, limit=INT8_CHECK if int8 else MAX_CHECK)
     calibration = _check_sources(calibrate, "--calibrate", CALIBRATE) if int8 else []
-    if int8 and not sources:
-        raise UsageError("--int8 needs --check DIR: held-out photos like yours, apart from --calibrate's")
+    if int8:
+        _held_out(check, calibrate, sources, calibration)
 
     from ...models.export import export
     from ...models.weights import ensure_available, load
@@ -129,8 +134,8 @@ def command(
 
         eprint(note)
     if int8:
-        _int8(loaded, resolved, fmt, output, calibration, batch, names, min_agreement, keep_fp32, opset,
-              check or (str(SAMPLES) if sources else f"{SYNTHETIC} synthetic images"), calibrate)
+        _int8(loaded, resolved, fmt, output, calibration, batch, names, min_agreement, keep_fp32, opset, check,
+              calibrate)
         return
     report = export(loaded.module, resolved, loaded.labels, fmt, output, batch, names, opset)
     report["parity"]["photos"] = check or (str(SAMPLES) if sources else f"{SYNTHETIC} synthetic images")
@@ -155,6 +160,36 @@ def _check_sources(check: str | None, option: str = "--check", limit: int = MAX_
     if not names:
         raise UsageError(f"{option} {folder}: no image files in it")
     return [Source(os.path.join(folder, n)) for n in names[:limit]]
+
+
+def _held_out(check: str, calibrate: str, sources: list, calibration: list) -> None:
+    """A usage error naming --check and --calibrate when they are the same folder or share a photo (the same
+    bytes, by SHA-256, under any name): agreement measured on calibration photos says nothing."""
+    import hashlib
+
+    if os.path.realpath(check) == os.path.realpath(calibrate):
+        raise UsageError(f"--check {check} and --calibrate {calibrate} are the same folder; the check needs "
+                         "held-out photos, apart from the calibration photos")
+
+    def digests(items: list) -> dict[str, str]:
+        out = {}
+        for s in items:
+            h = hashlib.sha256()
+            try:
+                with open(s.path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError:
+                continue  # decoding names it later
+            out.setdefault(h.hexdigest(), s.path)
+        return out
+
+    calibrated = digests(calibration)
+    shared = [(path, calibrated[d]) for d, path in digests(sources).items() if d in calibrated]
+    if shared:
+        raise UsageError(f"--check {check} and --calibrate {calibrate} share {len(shared)} photo"
+                         f"{'s' if len(shared) > 1 else ''} ({shared[0][0]} is {shared[0][1]}); the check needs "
+                         "held-out photos, apart from the calibration photos")
 
 
 def _check_images(sources: list, pre, option: str = "--check"):

@@ -48,7 +48,8 @@ def test_export_writes_both_formats_with_metadata_and_a_passed_parity_check(expo
                                                          "r18.xml"]
     for report in reports.values():
         p = report["parity"]
-        assert p["images"] == len(PHOTOS) and p["batches"] == [1, len(PHOTOS)] and p["top5_identical"]
+        # each photo alone, all together, and classify's own CPU chunk of 8 (the photos repeated to fill it)
+        assert p["images"] == len(PHOTOS) and p["batches"] == [1, len(PHOTOS), 8] and p["top5_identical"]
         assert p["max_prob_diff"] <= p["tolerance"]["probability"] == 1e-4
         assert report["arch"] == "resnet18" and report["weights"] == str(ckpt)
     from resnet_cli.models.resolve import resolve
@@ -150,6 +151,62 @@ def test_a_broken_export_is_refused_and_leaves_nothing(fmt, checkpoint, cli, tmp
     assert fmt == "onnx" or out.read_text() == "old"
 
 
+def lose_on_the_way(monkeypatch, what: str) -> None:
+    """Make the metadata written into the file differ from the model's: two labels swapped, or the mean."""
+    from resnet_cli.models import export
+
+    real = export.metadata
+
+    def wrong(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        if what == "labels":
+            meta["labels"][0], meta["labels"][1] = meta["labels"][1], meta["labels"][0]
+        else:
+            meta["preprocess"]["mean"] = [0.5, 0.5, 0.5]
+        return meta
+
+    monkeypatch.setattr(export, "metadata", wrong)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fmt, what", [("onnx", "labels"), ("onnx", "mean"), ("openvino", "mean")])
+def test_metadata_lost_on_the_way_is_refused_and_leaves_nothing(fmt, what, checkpoint, cli, tmp_path, monkeypatch):
+    """The file's metadata is read back as --weights FILE reads it: labels or preprocessing that differ from
+    the model's (the network itself exported right) refuse the export."""
+    lose_on_the_way(monkeypatch, what)
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.xml")
+    res = cli("export", "-w", checkpoint("resnet18"), "-o", out, "--crop", "64")
+    assert res.code == 2 and res.stdout == b""
+    assert "export refused, nothing written: the metadata read back from the file gives other" in res.stderr
+    assert ("labels" if what == "labels" else "mean: (0.5, 0.5, 0.5) against (0.485") in res.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_the_parity_check_runs_the_file_with_the_preprocessing_read_back_from_it(checkpoint, tmp_path):
+    """A file whose mean/std were wrong would be run with them by classify: so the check runs it so."""
+    import dataclasses
+
+    import torch
+
+    from resnet_cli.models import export, model, registry, state_dicts
+    from resnet_cli.models.formats import ExportedModel
+
+    pre = registry.Preprocess(73, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    net = model.build(registry.get_arch("resnet18"), device="cpu")
+    net.load_state_dict(state_dicts.read_state_dict(checkpoint("resnet18")))
+    net.eval()
+    path = tmp_path / "m.onnx"
+    export.to_onnx(net, 64, str(path), {})
+    batch = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    exported = ExportedModel("onnx", (path.read_bytes(),), str(path), 1000)
+    names = ["a", "b", "c"]
+    assert export.check_parity(net, exported, batch, pre, names, pre).ok
+    wrong = dataclasses.replace(pre, mean=(0.5, 0.5, 0.5))
+    parity = export.check_parity(net, exported, batch, pre, names, wrong)
+    assert not parity.ok and parity.max_logit_diff > 1e-3
+
+
 @pytest.mark.timeout(300)
 def test_a_trained_model_exports_with_its_classes_and_classifies_alike(checkpoint, cli, tmp_path):
     import torch
@@ -172,7 +229,7 @@ def test_a_trained_model_exports_with_its_classes_and_classifies_alike(checkpoin
     res = cli("export", "-w", trained, "-o", out, "--check", check)
     assert res.code == 0, res.stderr
     report = json.loads(res.text)
-    assert report["arch"] == "resnet18" and report["parity"]["batches"] == [1, 2]
+    assert report["arch"] == "resnet18" and report["parity"]["batches"] == [1, 2, 8]
     assert report["parity"]["photos"] == str(check)
     base = cli(SAMPLES, "-w", trained, "-f", "jsonl").jsonl()
     records = cli(SAMPLES, "-w", out, "-f", "jsonl").jsonl()

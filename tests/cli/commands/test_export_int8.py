@@ -92,3 +92,109 @@ def test_int8_options_are_checked(argv, message, trained, cli, tmp_path):
     res = cli("export", "-w", model, "-o", tmp_path / "m.onnx", "--check", check, *argv)
     assert res.code == 2 and message in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def apart(tmp_path):
+    """(calibration folder, check folder): three sample photos each, no photo in common."""
+    import shutil
+
+    folders = tmp_path / "calibrate", tmp_path / "check"
+    for i, folder in enumerate(folders):
+        folder.mkdir()
+        for photo in PHOTOS[i::2]:
+            shutil.copy(photo, folder / photo.name)
+    return folders
+
+
+def test_int8_check_photos_must_be_held_out_from_the_calibration_photos(apart, checkpoint, cli, tmp_path):
+    import shutil
+
+    calibrate, check = apart
+    out = tmp_path / "out"
+    out.mkdir()
+    base = ["export", "-w", checkpoint("resnet18"), "-o", out / "m.onnx", "--int8", "--crop", "64"]
+    res = cli(*base, "--calibrate", calibrate)  # no --check: the sample photos could be the calibration photos
+    assert res.code == 2 and "--int8 needs --check DIR" in res.stderr, res.stderr
+    res = cli(*base, "--calibrate", calibrate, "--check", calibrate)
+    assert res.code == 2 and f"--check {calibrate} and --calibrate {calibrate} are the same folder" in res.stderr
+    shutil.copy(calibrate / PHOTOS[0].name, check / "renamed.jpg")  # the same photo under another name
+    res = cli(*base, "--calibrate", calibrate, "--check", check)
+    assert res.code == 2 and f"--check {check} and --calibrate {calibrate} share 1 photo" in res.stderr
+    assert "renamed.jpg" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("what", ["labels", "mean"])
+def test_int8_metadata_lost_on_the_way_is_refused(what, apart, checkpoint, cli, tmp_path, monkeypatch):
+    from test_export import lose_on_the_way
+
+    calibrate, check = apart
+    lose_on_the_way(monkeypatch, what)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = cli("export", "-w", checkpoint("resnet18"), "-o", out / "m.onnx", "--int8", "--crop", "64",
+              "--calibrate", calibrate, "--check", check, "--min-agreement", "0")
+    assert res.code == 2 and res.stdout == b""
+    assert "export refused, nothing written: the metadata read back from the file gives other" in res.stderr
+    assert list(out.iterdir()) == []
+
+
+def weight_is_quantized(op) -> bool:
+    """Whether the weights input (port 1) of an OpenVINO Convolution/MatMul comes through a FakeQuantize or
+    from an integer constant (NNCF's compressed int8 weights), looking up the constant's path."""
+    seen, stack = set(), [op.input_value(1).get_node()]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind == "Constant":
+            if node.get_element_type().is_integral():
+                return True
+            continue
+        if kind in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"):
+            stack += [v.get_node() for v in node.input_values()]
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_int8_openvino_keeps_the_named_layers_in_fp32_with_the_openvino_extra_alone(apart, checkpoint, cli, tmp_path,
+                                                                                    monkeypatch):
+    """--keep-fp32 conv1,fc: in the IR the stem conv and the head's MatMul (which the converter renames) take
+    float weights while the other convolutions are int8; and an install without ONNX Runtime makes it."""
+    import sys
+
+    import openvino as ov
+
+    calibrate, check = apart
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the [openvino] extra has no ONNX Runtime
+    out = tmp_path / "m8.xml"
+    res = cli("export", "-w", checkpoint("resnet18"), "-o", out, "--int8", "--crop", "64", "--calibrate", calibrate,
+              "--check", check, "--min-agreement", "0", "--keep-fp32", "conv1,fc")
+    assert res.code == 0, res.stderr
+    ops = ov.Core().read_model(str(out)).get_ordered_ops()
+    convs = [op for op in ops if op.get_type_name() == "Convolution"]
+    matmuls = [op for op in ops if op.get_type_name() == "MatMul"]
+    assert len(convs) == 20 and len(matmuls) == 1  # resnet18: 17 convs and 3 downsampling ones; fc
+    assert not weight_is_quantized(convs[0]) and not weight_is_quantized(matmuls[0])  # conv1, fc: fp32
+    assert all(weight_is_quantized(op) for op in convs[1:])  # the rest: int8
+
+
+@pytest.mark.parametrize("out, missing, extra", [("m.xml", "nncf", "openvino"), ("m.xml", "onnx", "openvino"),
+                                                 ("m.onnx", "onnxscript", "onnx")])
+def test_int8_without_a_package_it_needs_names_the_extra(out, missing, extra, apart, checkpoint, cli, tmp_path,
+                                                          monkeypatch):
+    import sys
+
+    calibrate, check = apart
+    monkeypatch.setitem(sys.modules, missing, None)
+    res = cli("export", "-w", checkpoint("resnet18"), "-o", tmp_path / out, "--int8", "--crop", "64",
+              "--calibrate", calibrate, "--check", check)
+    assert res.code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"needs the {missing} package: pip install 'resnet-classify[{extra}]'" in res.stderr
+    assert not (tmp_path / out).exists()
