@@ -95,7 +95,7 @@ def test_engines_share_one_entry_point_and_import_no_command():
 # The layers, lowest first: a module may import its own layer and the ones below it, never one above
 # (docs/development.md draws them). The package's face (resnet_cli/__init__.py, api.py, __main__.py) sits
 # between the library and the command line.
-LAYERS = ["core", "inputs", "models", "run", "outputs", "analysis", "api", "cli"]
+LAYERS = ["core", "inputs", "models", "run", "outputs", "analysis", "serve", "api", "cli"]
 
 
 def layer_of(module: str) -> str:

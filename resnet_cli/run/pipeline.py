@@ -67,6 +67,18 @@ def prepare(source: Source, pre: Preprocess, fast_decode: bool = False, network:
         return Prepared(source.path, None, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
 
 
+def prepare_bytes(path: str, data: bytes, pre: Preprocess) -> Prepared:
+    """`prepare` for an image given as bytes (an upload to the server): the same decoder, limits (format
+    allowlist, pixel bomb guard) and resize, so the same bytes give the same pixels as the file would; `path`
+    names it in its record. Never raises for a bad input."""
+    try:
+        return Prepared(path, resize_and_crop(open_bytes(data), pre).tobytes())
+    except InputError as exc:
+        return Prepared(path, None, exc)
+    except Exception as exc:  # a bug here must cost one record, not the server
+        return Prepared(path, None, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+
+
 def stack(prepared: list[Prepared], crop: int):
     """The successful inputs' pixels as one (N, crop, crop, 3) uint8 tensor (a single copy)."""
     import torch

@@ -6,7 +6,7 @@ A new command is a new module here plus one line in `COMMANDS` below; `cli.py` r
 
 from __future__ import annotations
 
-from . import arch, classify, embed, evaluate, explain, models, similar, train
+from . import arch, classify, embed, evaluate, explain, models, serve, similar, train
 
 # (name, function, takes no arguments -> show help); the first is the default command.
 COMMANDS = (
@@ -16,6 +16,7 @@ COMMANDS = (
     ("embed", embed.command, True),
     ("similar", similar.command, True),
     ("train", train.command, True),
+    ("serve", serve.command, False),
     ("models", models.models_command, False),
     ("download", models.download_command, True),
     ("arch", arch.command, True),

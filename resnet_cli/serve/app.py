@@ -1,0 +1,414 @@
+"""The HTTP application (FastAPI): classify's records over HTTP, the same bytes `classify` writes.
+
+    POST /v1/classify            one image (image/*, application/octet-stream) -> one record, as a line of
+                                 `classify --format jsonl`; multipart/form-data `file` parts -> an array, as
+                                 `classify --format json`
+    POST /v1/embed               the same inputs -> embedding records, as `embed -o FILE.jsonl`
+    POST /predictions/{model}    TorchServe's inference API: image bytes -> {label: probability}
+    GET  /ping                   TorchServe's health check
+    GET  /healthz /readyz        alive / weights loaded and warm
+    GET  /metrics                Prometheus text (metrics.py)
+    GET  /                       a page to try it (page.html)
+
+Every request's images are decoded in a thread pool with classify's decoder and limits
+(pipeline.prepare_bytes), then batched for the model thread (batching.py). Errors are JSON, never a 500 with
+a traceback: `{"error": {"type", "message"}}` for a request that cannot be answered, the failure record
+`{"path", "error": {"type", "message"}}` for an image that cannot be classified. docs/serve.md has the
+contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable, Optional, Union
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from ..core.errors import UsageError, first_line
+from ..core.records import Embedding, Failure, Record
+from ..outputs.writers import JsonlWriter, JsonWriter, dumps
+from ..run.pipeline import default_workers, prepare_bytes
+from .batching import Batcher, QueueFull
+from .metrics import Metrics
+from .model import Model
+
+log = logging.getLogger("resnet_cli.serve")
+
+JSON = "application/json"
+# The page's only sources are itself and this server's API: no outside request, as the HTML report.
+PAGE_CSP = ("default-src 'none'; img-src blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+FILE_FIELDS = ("file", "data")  # multipart parts read as images: ours, and TorchServe's name
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's limits, as the command line gives them.
+
+    max_batch      images per forward pass of the model thread (None: 4 of the network's chunks, 32 on a CPU)
+    max_wait_ms    how long a partial chunk may wait for requests being decoded (batching.py)
+    max_queue      images waiting for the model; a request that does not fit gets 503
+    max_upload     bytes of a request's body; more gets 413
+    timeout_s      seconds from a request's arrival to its answer; past it 504, and its queued work is dropped
+    workers        decode threads (None: one per core)
+    """
+
+    max_batch: int | None = None
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+    max_upload: int = 64 << 20
+    timeout_s: float = 30.0
+    workers: int | None = None
+
+
+class ApiError(Exception):
+    """A request that cannot be answered: HTTP `status` with `{"error": {"type", "message"}}`."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+def error_response(status: int, kind: str, message: str, headers: dict | None = None) -> Response:
+    body = dumps({"error": {"type": kind, "message": message}}) + "\n"
+    return Response(body.encode("utf-8"), status_code=status, media_type=JSON, headers=headers)
+
+
+def _header_text(value: str) -> str:
+    """A header's value as the client meant it: HTTP carries bytes, which Starlette decodes as Latin-1; a file
+    name sent as UTF-8 (curl -H 'X-Filename: été.jpg') is decoded as UTF-8 (bytes that are not: escaped, as a
+    file name that is not UTF-8 is)."""
+    return value.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def page_html() -> bytes:
+    return resources.files(__package__).joinpath("page.html").read_bytes()
+
+
+class Service:
+    """What the endpoints share: the model, the decode threads, the batcher and the metrics."""
+
+    def __init__(self, model: Model, limits: Limits, metrics: Metrics) -> None:
+        self.model = model
+        self.limits = limits
+        self.metrics = metrics
+        self.ready = False
+        self.pool = ThreadPoolExecutor(max_workers=limits.workers or default_workers(),
+                                       thread_name_prefix="decode")
+        self.batcher = Batcher(model.records, chunk=model.chunk, max_batch=limits.max_batch or 4 * model.chunk,
+                               max_wait_s=limits.max_wait_ms / 1000, max_queue=limits.max_queue,
+                               on_batch=metrics.batch_size.observe, on_depth=metrics.queue_depth.set,
+                               first=self._warm_up)
+
+    def _warm_up(self) -> None:
+        """The model thread's first forward pass (before any request's); /readyz says when it is done."""
+        try:
+            self.model.warm_up()
+        except Exception as exc:  # requests will say what is wrong; the log says it once
+            log.error("warm-up failed: %s: %s", type(exc).__name__, first_line(exc))
+            return
+        self.ready = True
+
+    def close(self) -> None:
+        self.batcher.close(timeout=self.limits.timeout_s)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading a request ------------------------------------------------------------------------------------
+    async def body(self, request: Request) -> bytes:
+        """The request's body, at most --max-upload-mb: a larger Content-Length is refused before anything is
+        read, and a body that grows past the limit (chunked, or lying about its length) as soon as it does."""
+        limit = self.limits.max_upload
+        too_large = ApiError(413, "too_large", f"the body is over the {limit / 2**20:g} MB limit (--max-upload-mb)")
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > limit:
+                    raise too_large
+            except ValueError:
+                raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise too_large
+        return bytes(data)
+
+    async def inputs(self, request: Request, *, torchserve: bool = False) -> tuple[list[tuple[str, bytes]], bool]:
+        """([(path, image bytes)], whether the body was multipart). Raises ApiError."""
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media == "multipart/form-data":
+            body = await self.body(request)
+            return await self._parts(request, body), True
+        if not (media.startswith("image/") or media == "application/octet-stream" or torchserve):
+            raise ApiError(415, "unsupported_media_type",
+                           f"Content-Type {content_type or '(none)'!r}: send an image (image/*, "
+                           "application/octet-stream) or multipart/form-data with `file` parts")
+        body = await self.body(request)
+        name = request.headers.get("x-filename")
+        return [(_header_text(name) if name else "-", body)], False
+
+    async def _parts(self, request: Request, body: bytes) -> list[tuple[str, bytes]]:
+        """The image parts of a multipart body, in upload order, parsed by Starlette (python-multipart)."""
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, receive).form(max_files=self.limits.max_queue, max_fields=100)
+        except Exception as exc:  # malformed multipart: python-multipart's or Starlette's error
+            detail = getattr(exc, "detail", None) or first_line(exc)
+            raise ApiError(400, "bad_request", f"malformed multipart/form-data: {detail}") from None
+        try:
+            files = []
+            for key, value in form.multi_items():
+                if key in FILE_FIELDS and not isinstance(value, str):
+                    files.append((value.filename or "-", await value.read()))
+        finally:
+            await form.close()
+        if not files:
+            raise ApiError(400, "bad_request", "multipart/form-data without a `file` part (curl -F file=@photo.jpg)")
+        return files
+
+    # -- answering --------------------------------------------------------------------------------------------
+    async def records(self, files: list[tuple[str, bytes]], task, endpoint: str) -> list[Record]:
+        """The records of `files` by `task`: decoded in the thread pool, then batched for the model. Raises
+        ApiError (503 queue full, 504 past --timeout)."""
+        loop = asyncio.get_running_loop()
+        self.metrics.images.labels(endpoint).inc(len(files))
+        pre = self.model.weights.preprocess
+
+        async def work() -> list[Record]:
+            self.batcher.decoding(+1)
+            try:
+                prepared = await asyncio.gather(*(loop.run_in_executor(self.pool, prepare_bytes, path, data, pre)
+                                                  for path, data in files))
+                if not any(p.error is None for p in prepared):
+                    return self.model.records(task, prepared)  # failures only: nothing for the network
+                future = self.batcher.submit(task, prepared)
+            finally:
+                self.batcher.decoding(-1)
+            return await asyncio.wrap_future(future)
+
+        try:
+            records = await asyncio.wait_for(work(), self.limits.timeout_s)
+        except QueueFull as exc:
+            raise ApiError(503, "queue_full", f"the server is busy ({exc}); retry later",
+                           {"Retry-After": str(RETRY_AFTER_S)}) from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no answer within {self.limits.timeout_s:g} s (--timeout); the "
+                           "request's work is dropped") from None
+        for rec in records:
+            if isinstance(rec, Failure):
+                self.metrics.failures.labels(rec.type).inc()
+        return records
+
+
+def _lines(records: list[Record], multipart: bool) -> bytes:
+    """classify's bytes for `records`: the --format json document of a multipart upload, else one --format
+    jsonl line."""
+    out = io.BytesIO()
+    writer = (JsonWriter if multipart else JsonlWriter)(out)
+    for rec in records:
+        writer.write(rec)
+    writer.close()
+    return out.getvalue()
+
+
+def _status(records: list[Record]) -> int:
+    """200, or 422 when an image failed (as classify exits 1): the body holds every record all the same."""
+    return 422 if any(isinstance(r, Failure) for r in records) else 200
+
+
+ENDPOINTS = {"/v1/classify", "/v1/embed", "/ping", "/healthz", "/readyz", "/metrics", "/"}
+
+
+class MetricsMiddleware:
+    """Counts every answer by endpoint and status and times it (an ASGI middleware, Starlette's pattern)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "/predictions" if path.startswith("/predictions/") else "other"
+        start = time.perf_counter()
+        status = 500
+
+        async def counting_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+}}}
+
+
+def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits()) -> FastAPI:
+    """The application answering with `model` (a loaded Model, or a function that loads one when the
+    application starts: a Ray Serve replica's). Each application has its own metrics registry, batcher and
+    decode threads, made when it starts and closed when it stops (its lifespan)."""
+    metrics = Metrics()
+    holder: dict[str, Service] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loaded = model() if callable(model) else model
+        service = Service(loaded, limits, metrics)
+        holder["service"] = service
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(title="resnet-classify", summary="Classify images with the ResNet family over HTTP",
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def service() -> Service:
+        return holder["service"]
+
+    async def guarded(endpoint: str, answer) -> Response:
+        """The endpoint's answer; an ApiError as its JSON, anything unexpected as a one-line 500."""
+        try:
+            return await answer()
+        except ApiError as exc:
+            service().metrics.failures.labels(exc.kind).inc()
+            return error_response(exc.status, exc.kind, exc.message, exc.headers)
+        except ClientDisconnect:
+            return error_response(400, "bad_request", "the client went away before the body was sent")
+        except Exception as exc:  # a bug: one line in the log, a JSON 500, never a traceback
+            log.error("%s: internal error: %s: %s", endpoint, type(exc).__name__, first_line(exc))
+            service().metrics.failures.labels("internal_error").inc()
+            return error_response(500, "internal_error", f"{type(exc).__name__}: {first_line(exc)}")
+
+    def task_for(kind: str, topk: int | None):
+        try:
+            return service().model.task(kind, topk)
+        except UsageError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+
+    @app.post("/v1/classify", openapi_extra=IMAGE_BODY, response_class=Response,
+              summary="Classify one image, or several as multipart/form-data `file` parts")
+    async def classify(request: Request, topk: Optional[int] = Query(
+            None, ge=1, description="How many classes (default: the server's --topk)")) -> Response:
+        """One image in the body -> its record, exactly the line `classify --format jsonl` writes for the file
+        (`path`: the X-Filename header, else "-"). multipart/form-data with `file` parts -> an array of records
+        in upload order, as `classify --format json` writes it. 422 when an image failed: its failure record."""
+        async def answer() -> Response:
+            s = service()
+            task = task_for("classify", topk)
+            files, multipart = await s.inputs(request)
+            records = await s.records(files, task, "/v1/classify")
+            return Response(_lines(records, multipart), status_code=_status(records), media_type=JSON)
+
+        return await guarded("/v1/classify", answer)
+
+    @app.post("/v1/embed", openapi_extra=IMAGE_BODY, response_class=Response,
+              summary="The embedding of one image, or of several as multipart/form-data `file` parts")
+    async def embed(request: Request, normalize: bool = Query(
+            False, description="Scale each vector to unit length (L2), as embed --normalize")) -> Response:
+        """The records `embed -o FILE.jsonl` writes: `{"path", "arch", "weights", "embedding"}` or a failure;
+        one line for one image, an array for multipart."""
+        async def answer() -> Response:
+            s = service()
+            files, multipart = await s.inputs(request)
+            records = await s.records(files, task_for("embed", None), "/v1/embed")
+            if normalize:
+                records = [r.normalized() if isinstance(r, Embedding) else r for r in records]
+            return Response(_lines(records, multipart), status_code=_status(records), media_type=JSON)
+
+        return await guarded("/v1/embed", answer)
+
+    @app.post("/predictions/{model_name}", openapi_extra=IMAGE_BODY, response_class=Response,
+              summary="TorchServe's inference API: image bytes -> {label: probability}")
+    async def predictions(model_name: str, request: Request) -> Response:
+        """TorchServe's image classifier answer: the top-k as `{label: probability}`, most probable first.
+        `model_name` is the architecture (`resnet50`). A bad image: 422 and its failure record."""
+        async def answer() -> Response:
+            s = service()
+            if model_name != s.model.name:
+                raise ApiError(404, "model_not_found", f"model {model_name!r} is not served here; this server "
+                               f"serves {s.model.name!r}")
+            files, _ = await s.inputs(request, torchserve=True)
+            records = await s.records(files[:1], s.model.classify, "/predictions")
+            (rec,) = records
+            if isinstance(rec, Failure):
+                return Response(_lines(records, False), status_code=422, media_type=JSON)
+            body = dumps({p.label: p.probability for p in rec.topk}) + "\n"
+            return Response(body.encode("utf-8"), media_type=JSON)
+
+        return await guarded("/predictions", answer)
+
+    @app.get("/ping", summary="TorchServe's health check")
+    async def ping() -> Response:
+        ready = service().ready
+        body = dumps({"status": "Healthy" if ready else "Unhealthy"}) + "\n"
+        return Response(body.encode(), status_code=200 if ready else 503, media_type=JSON)
+
+    @app.get("/healthz", summary="Alive")
+    async def healthz() -> Response:
+        return Response(b'{"status": "ok"}\n', media_type=JSON)
+
+    @app.get("/readyz", summary="Weights loaded and warm")
+    async def readyz() -> Response:
+        s = service()
+        w = s.model.weights
+        body = {"status": "ready" if s.ready else "warming up", "arch": w.arch.name, "weights": w.name,
+                "preprocess": {"resize": w.preprocess.resize, "crop": w.preprocess.crop}}
+        return Response((dumps(body) + "\n").encode("utf-8"), status_code=200 if s.ready else 503,
+                        media_type=JSON)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.text(), media_type=metrics.content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return Response(page_html(), media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        where = ".".join(str(x) for x in errors[0].get("loc", ())[1:]) if errors else ""
+        why = errors[0].get("msg", "invalid") if errors else "invalid"
+        return error_response(400, "bad_request", f"{where}: {why}" if where else why)
+
+    return app
