@@ -405,7 +405,9 @@ def reference_main(args) -> None:
     """(In a child process) the in-process figures: one image alone, the folder through resnet_cli.classify."""
     import resnet_cli
 
+    t0 = time.perf_counter()
     clf = resnet_cli.Classifier(args.arch, args.weights)
+    load_s = time.perf_counter() - t0
     for _ in range(3):
         clf(args.image)
     one = []
@@ -418,7 +420,7 @@ def reference_main(args) -> None:
     top1 = {Path(r["path"]).name: r["topk"][0]["label"]
             for r in resnet_cli.classify(args.folder, arch=args.arch, weights=args.weights, quiet=True)}
     folder_s = time.perf_counter() - t0
-    print(json.dumps({"one_s": one, "folder_s": folder_s, "top1": top1}))
+    print(json.dumps({"one_s": one, "folder_s": folder_s, "load_s": load_s, "top1": top1}))
 
 
 def references(args, ckpt: Path, image: Path, folder: Path) -> dict:
@@ -434,7 +436,7 @@ def references(args, ckpt: Path, image: Path, folder: Path) -> dict:
                    env=env_here(), cwd=ROOT, stdout=subprocess.DEVNULL, check=True)
     cli_s = time.perf_counter() - t0
     return {"one_p50_ms": 1000 * percentile(ref["one_s"], 50), "one_p95_ms": 1000 * percentile(ref["one_s"], 95),
-            "api_img_s": n / ref["folder_s"], "cli_img_s": n / cli_s, "top1": ref["top1"]}
+            "api_img_s": n / ref["folder_s"], "cli_img_s": n / cli_s, "load_s": ref["load_s"], "top1": ref["top1"]}
 
 
 # ---------------------------------------------------------------------------------------------- RSS
@@ -479,9 +481,11 @@ def fmt(v, digits=1) -> str:
 
 def table(res: dict) -> str:
     a = res["args"]
-    ref = res["reference"]
-    lines = [f"Machine: {res['machine']}; load average at start {res['load_start']}, at end {res['load_end']}.",
-             f"Checkpoint: seeded {a['arch']} in torchvision's layout (tests/checkpoints.py); {res['images']} "
+    ref = res.get("reference")
+    lines = [f"Machine: {res['machine']}; load average at start {res['load_start']}, at end {res['load_end']}."]
+    if ref is None:  # --rounds 0: the RSS phase only
+        return "\n".join(lines + [rss_line(res)] if res.get("rss") else lines) + "\n"
+    lines += [f"Checkpoint: seeded {a['arch']} in torchvision's layout (tests/checkpoints.py); {res['images']} "
              f"JPEGs of 500x375 (benchmarks/images.py); c=1: one of them, {a['c1_requests']} requests; "
              f"c={a['concurrency']}: every image once. Medians of {a['rounds']} interleaved rounds.",
              "",
@@ -518,12 +522,15 @@ def table(res: dict) -> str:
                              f"**{ours['cn_img_s'] / o['cn_img_s']:.2f}x** theirs; c=1 p50 "
                              f"**{ours['c1_p50_ms'] / o['c1_p50_ms']:.2f}x** theirs (below 1: ours faster)")
     if res.get("rss"):
-        r = res["rss"]
-        lines.append(f"- RSS of our server over {r['requests']:,} requests at c={r['concurrency']} "
-                     f"({r['arch']} checkpoint, {r['img_s']:.1f} img/s, {r['failed']} failed): first "
-                     f"{r['first_mb']:.0f} MB, last {r['last_mb']:.0f} MB, max {r['max_mb']:.0f} MB "
-                     f"(sampled every {a['rss_every']} requests)")
+        lines.append(rss_line(res))
     return "\n".join(lines) + "\n"
+
+
+def rss_line(res: dict) -> str:
+    r = res["rss"]
+    return (f"- RSS of our server over {r['requests']:,} requests at c={r['concurrency']} ({r['arch']} checkpoint, "
+            f"{r['img_s']:.1f} img/s, {r['failed']} failed): first {r['first_mb']:.0f} MB, last {r['last_mb']:.0f} MB, "
+            f"max {r['max_mb']:.0f} MB (sampled every {res['args']['rss_every']} requests)")
 
 
 def medians(rounds: list[dict], ref_top1: dict) -> dict:
@@ -539,20 +546,23 @@ def medians(rounds: list[dict], ref_top1: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="resnet50")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arch", default=None, help="default: resnet50 (--quick: resnet18)")
+    ap.add_argument("--rounds", type=int, default=None, help="default: 3 (--quick: 1); 0: the RSS phase only")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: ours,litserve,torchserve")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--c1-requests", type=int, default=30, help="requests of the c=1 latency, per round")
-    ap.add_argument("--images", type=int, default=512, help="images of the set (each posted once at c=N)")
-    ap.add_argument("--rss-requests", type=int, default=10_000, help="0: no RSS phase")
-    ap.add_argument("--rss-every", type=int, default=500)
+    ap.add_argument("--c1-requests", type=int, default=None,
+                    help="requests of the c=1 latency, per round; default: 30 (--quick: 5)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images of the set, each posted once at c=N; default: 512 (--quick: 32)")
+    ap.add_argument("--rss-requests", type=int, default=None,
+                    help="default: 10,000 (--quick: 200); 0: no RSS phase")
+    ap.add_argument("--rss-every", type=int, default=None, help="default: 500 (--quick: 50)")
     ap.add_argument("--rss-arch", default="resnet18")
     ap.add_argument("--torchserve-bin", default=None,
                     help="the bin folder holding torchserve and torch-model-archiver (default: PATH)")
     ap.add_argument("--work", default=str(ROOT / "bench-out"), help="where images and checkpoints go")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run: resnet18, 32 images, 5 c=1 requests, 1 round, 200 RSS requests")
+                    help="a smoke run: the smaller defaults (any option given still applies)")
     ap.add_argument("--output", default=None, help="also write the markdown table here")
     ap.add_argument("--json", default=None, help="also write every figure here")
     ap.add_argument("--_reference", action="store_true", help=argparse.SUPPRESS)
@@ -562,9 +572,11 @@ def main() -> None:
     args = ap.parse_args()
     if args._reference:
         return reference_main(args)
-    if args.quick:
-        args.arch, args.images, args.c1_requests, args.rounds = "resnet18", 32, 5, 1
-        args.rss_requests, args.rss_every = min(args.rss_requests, 200), 50
+    defaults = {"arch": ("resnet50", "resnet18"), "rounds": (3, 1), "c1_requests": (30, 5), "images": (512, 32),
+                "rss_requests": (10_000, 200), "rss_every": (500, 50)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
 
     import httpx
     from checkpoints import make_checkpoint
@@ -626,12 +638,13 @@ def main() -> None:
                       f"c={args.concurrency} {m['cn_img_s']:.1f} img/s p99 {fmt(m['cn_p99_ms'])} ms  "
                       f"failed {m['failed']}  others {m['others_cores']:.2f} cores  ({time.perf_counter() - t0:.0f} s)",
                       file=sys.stderr, flush=True)
-        ref_top1 = refs[0]["top1"]
-        res["reference"] = {k: statistics.median(r[k] for r in refs)
-                            for k in ("one_p50_ms", "one_p95_ms", "api_img_s", "cli_img_s")}
-        res["reference"]["rounds"] = [{k: v for k, v in r.items() if k != "top1"} for r in refs]
-        for key in wanted:
-            res["servers"][key] = {"error": errors[key]} if key in errors else medians(per_server[key], ref_top1)
+        if refs:
+            res["reference"] = {k: statistics.median(r[k] for r in refs)
+                                for k in ("one_p50_ms", "one_p95_ms", "api_img_s", "cli_img_s")}
+            res["reference"]["rounds"] = [{k: v for k, v in r.items() if k != "top1"} for r in refs]
+            for key in wanted:
+                res["servers"][key] = ({"error": errors[key]} if key in errors
+                                       else medians(per_server[key], refs[0]["top1"]))
         if args.rss_requests and "ours" in wanted:
             print(f"  RSS: {args.rss_requests} requests to our server ({args.rss_arch})", file=sys.stderr, flush=True)
             res["rss"] = rss_phase(args, work, images, client)
