@@ -454,8 +454,11 @@ def rss_phase(args, work: Path, images: list[tuple[str, bytes]], client) -> dict
         load(server, client, [images[i % len(images)] for i in range(args.concurrency)], args.concurrency)
         samples = [(0, server.rss_mb())]
         requests = [images[i % len(images)] for i in range(args.rss_requests)]
-        res = load(server, client, requests, args.concurrency, every=args.rss_every,
-                   on_every=lambda n: samples.append((n, server.rss_mb())))
+        def sample(n: int) -> None:
+            samples.append((n, server.rss_mb()))
+            print(f"  RSS after {n:6d} requests: {samples[-1][1]:7.1f} MB", file=sys.stderr, flush=True)
+
+        res = load(server, client, requests, args.concurrency, every=args.rss_every, on_every=sample)
     finally:
         server.stop()
     mbs = [mb for _, mb in samples]
@@ -582,7 +585,7 @@ def main() -> None:
     from checkpoints import make_checkpoint
     from images import make_set
 
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / f"{args.arch}-seeded.pth"
     if not ckpt.exists():
