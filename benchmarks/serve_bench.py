@@ -3,9 +3,11 @@ batching (benchmarks/serve_litserve.py) and TorchServe with its image_classifier
 checkpoint (tests/checkpoints.py; resnet50 in torchvision's layout) and the same 512 JPEGs of 500x375
 (benchmarks/images.py), all on loopback.
 
-    python benchmarks/serve_bench.py --torchserve-bin /path/to/venv/bin           # 3 rounds, the full table
-    python benchmarks/serve_bench.py --quick --servers ours                       # a smoke run (~1 min)
+    python benchmarks/serve_bench.py --torchserve-bin ts-venv/bin           # 3 rounds, the full table
+    python benchmarks/serve_bench.py --quick --servers ours                 # a smoke run (~1 min)
     python benchmarks/serve_bench.py --rounds 5 --output serve-table.md --json serve.json
+    python benchmarks/serve_bench.py --images 256 --rss-requests 0          # a shorter run: half the images
+    python benchmarks/serve_bench.py --rounds 0 --servers ours              # the RSS phase alone
 
 What is measured, per server, in each round:
 - concurrency 1: the same 500x375 JPEG posted --c1-requests times, one at a time (after 3 warm-up requests):
@@ -37,9 +39,16 @@ How each server is run (the defaults a user of each would pick):
 - TorchServe: a .mar of the same checkpoint (eager: a model.py subclassing torchvision's ResNet, the
   state_dict as the serialized file, index_to_name.json from torchvision's ImageNet categories) with the
   built-in image_classifier handler; one worker, batchSize = the concurrency, maxBatchDelay 10 ms, token
-  authorization off; POST /predictions/resnet, the image as the body. torchserve and torch-model-archiver
-  come from `--torchserve-bin` (a virtual environment of their own, where they also need captum, which
-  TorchServe's vision handler imports; Java 11+ on PATH), else from PATH. A server that cannot start is
+  authorization off; POST /predictions/resnet, the image as the body. The handler resizes to 256 whatever the
+  weights (torchvision's resnet50 weights, and so classify and the LitServe server, resize to 232): its top-1
+  can differ from classify's on a few images for that reason alone. torchserve and torch-model-archiver come
+  from `--torchserve-bin`, else from PATH; Java 11+ must be on PATH. Give TorchServe a virtual environment of
+  its own, as its users do:
+
+      python -m venv ts-venv && ts-venv/bin/pip install torchserve torch-model-archiver captum torch torchvision
+
+  (captum: TorchServe's vision handler imports it). Its base handler also imports openvino and onnxruntime
+  when they are installed, so keep the bench extra's out of that environment. A server that cannot start is
   reported with the reason and the others are compared.
 
 The load generator is httpx (one Client, a connection pool of --concurrency keep-alive connections) driven by
@@ -53,7 +62,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -70,6 +78,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
+
+from bench import busy_s, machine  # noqa: E402  (the speed benchmark's: /proc/stat, the machine's line)
 
 PY = sys.executable
 SERVERS = ("ours", "litserve", "torchserve")
@@ -90,13 +100,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def busy_s() -> float:
-    """CPU seconds the whole machine has been busy since boot (every core; steal included)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -469,15 +472,6 @@ def rss_phase(args, work: Path, images: list[tuple[str, bytes]], client) -> dict
 
 # ---------------------------------------------------------------------------------------------- the table
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
-
-
 def fmt(v, digits=1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -497,7 +491,8 @@ def table(res: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| in-process: decode + classify one image | {fmt(ref['one_p50_ms'])} | {fmt(ref['one_p95_ms'])} "
              f"| | | | | | |",
-             f"| in-process: resnet_cli.classify(folder) | | | {fmt(ref['api_img_s'])} | | | | | |",
+             f"| in-process: resnet_cli.classify(folder), loading the weights ({ref['load_s']:.1f} s) included "
+             f"| | | {fmt(ref['api_img_s'])} | | | | | |",
              f"| `resnet-classify FOLDER`, whole process | | | {fmt(ref['cli_img_s'])} | | | | | |"]
     for key in SERVERS:
         if key not in res["servers"]:
@@ -643,7 +638,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
         if refs:
             res["reference"] = {k: statistics.median(r[k] for r in refs)
-                                for k in ("one_p50_ms", "one_p95_ms", "api_img_s", "cli_img_s")}
+                                for k in ("one_p50_ms", "one_p95_ms", "api_img_s", "cli_img_s", "load_s")}
             res["reference"]["rounds"] = [{k: v for k, v in r.items() if k != "top1"} for r in refs]
             for key in wanted:
                 res["servers"][key] = ({"error": errors[key]} if key in errors
