@@ -64,12 +64,13 @@ class Result:
         return [json.loads(line) for line in self.text.splitlines() if line.strip()]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
-    """cli(*argv, stdin=b"") runs the command line in-process and captures its streams."""
+    """cli(*argv, stdin=b"", cwd=None) runs the command line in-process (in folder `cwd` when given) and captures
+    its streams. Session-scoped (it keeps no state), so that module-scoped fixtures can run commands too."""
     from resnet_cli.cli import run
 
-    def invoke(*argv, stdin: bytes = b"") -> Result:
+    def invoke(*argv, stdin: bytes = b"", cwd=None) -> Result:
         out, err = io.BytesIO(), io.BytesIO()
         stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
         stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
@@ -77,6 +78,8 @@ def cli():
             mp.setattr(sys, "stdout", stdout)
             mp.setattr(sys, "stderr", stderr)
             mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+            if cwd is not None:
+                mp.chdir(cwd)
             code = run([os.fspath(a) for a in argv])
             stdout.flush()
             stderr.flush()

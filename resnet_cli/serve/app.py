@@ -351,11 +351,14 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
 
         return await guarded("/v1/embed", answer)
 
+    @app.put("/predictions/{model_name}", openapi_extra=IMAGE_BODY, response_class=Response,
+             operation_id="predictions_put", summary="TorchServe's inference API, as `curl -T` sends it")
     @app.post("/predictions/{model_name}", openapi_extra=IMAGE_BODY, response_class=Response,
               summary="TorchServe's inference API: image bytes -> {label: probability}")
     async def predictions(model_name: str, request: Request) -> Response:
         """TorchServe's image classifier answer: the top-k as `{label: probability}`, most probable first.
-        `model_name` is the architecture (`resnet50`). A bad image: 422 and its failure record."""
+        `model_name` is the architecture (`resnet50`). PUT as well as POST (`curl -T kitten.jpg`, as TorchServe's
+        examples send it). A bad image: 422 and its failure record."""
         async def answer() -> Response:
             s = service()
             if model_name != s.model.name:

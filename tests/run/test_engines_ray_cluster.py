@@ -123,3 +123,51 @@ def test_a_two_node_cluster_reached_with_ray_address_gives_the_local_records(two
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     finally:
         ray.shutdown()
+
+
+@pytest.mark.timeout(600, method="thread")  # a hung Ray call ignores SIGALRM
+def test_serve_on_ray_serve_across_the_cluster_answers_as_classify(two_node_cluster, checkpoint, tmp_path):
+    """`serve --engine ray --replicas 2` on the two-node cluster (one CPU each, a replica needs one: one replica on
+    each node): every answer is classify's line, byte for byte; SIGTERM ends it with exit code 0."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    ckpt = checkpoint("resnet18")
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture\n")
+    files = [*PHOTOS, notes]
+    code, local_out, err = finish(cli(*files, "-a", "resnet18", "-w", ckpt, "-f", "jsonl"))
+    assert code == 1, err
+    expected = dict(zip(map(str, files), local_out.splitlines(keepends=True)))
+    port = _free_port("127.0.0.1")
+    proc = cli("serve", "--engine", "ray", "--ray-address", two_node_cluster, "--replicas", "2", "-a", "resnet18",
+               "-w", ckpt, "--port", port)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(line.decode(errors="replace") for line in proc.stderr),
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("serving" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+
+        def post(path: str) -> tuple[str, httpx.Response]:
+            data = open(path, "rb").read()
+            return path, httpx.post(url + "/v1/classify", content=data, timeout=120,
+                                    headers={"Content-Type": "application/octet-stream", "X-Filename": path})
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, list(expected) * 2))
+        for path, r in answers:
+            assert r.content == expected[path], path
+            assert r.status_code == (422 if path == str(notes) else 200)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

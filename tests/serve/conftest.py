@@ -1,4 +1,4 @@
-"""The serve tests' shared fixture: the seeded resnet18, loaded once."""
+"""The serve tests' shared fixtures: the seeded resnet18, loaded once, and a server of it for each module."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ def resnet18(checkpoint) -> Model:
     from resnet_cli.serve.model import ModelSettings, load
 
     return load(ModelSettings(ModelOptions("resnet18", str(checkpoint("resnet18")))))
+
+
+@pytest.fixture(scope="module")
+def server(resnet18):
+    """A server of the seeded resnet18 with the default limits, on a free loopback port, for one test module."""
+    from servers import serve
+
+    running = serve(resnet18)
+    yield running
+    running.stop()

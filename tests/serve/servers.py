@@ -1,15 +1,11 @@
-"""Helpers of the serve tests: a real server on 127.0.0.1 (uvicorn in a thread on a free port, stopped at the end),
-and the command line's own output to compare its answers with."""
+"""Helper of the serve tests: a real server on 127.0.0.1 (uvicorn in a thread on a free port, stopped at the
+end)."""
 
 from __future__ import annotations
 
-import io
-import os
-import sys
 import threading
 import time
 
-import pytest
 
 from resnet_cli.serve.app import Limits, create_app
 from resnet_cli.serve.model import Model
@@ -52,21 +48,3 @@ class Running:
 
 def serve(model: Model, limits: Limits = Limits()) -> Running:
     return Running(create_app(model, limits))
-
-
-def run_cli(*argv, cwd=None) -> tuple[int, bytes, str]:
-    """The command line in this process (as the `cli` fixture, usable from module-scoped fixtures)."""
-    from resnet_cli.cli import run
-
-    out, err = io.BytesIO(), io.BytesIO()
-    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "stdout", stdout)
-        mp.setattr(sys, "stderr", stderr)
-        if cwd is not None:
-            mp.chdir(cwd)
-        code = run([os.fspath(a) for a in argv])
-        stdout.flush()
-        stderr.flush()
-    return code, out.getvalue(), err.getvalue().decode("utf-8", "replace")

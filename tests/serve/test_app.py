@@ -12,17 +12,9 @@ import httpx
 import pytest
 
 from checkpoints import PHOTOS
-from servers import run_cli, serve
 from corpus import OK, make_corpus
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server(resnet18):
-    running = serve(resnet18)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +32,12 @@ def files(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def classify_lines(files, checkpoint) -> dict[str, bytes]:
+def classify_lines(files, checkpoint, cli) -> dict[str, bytes]:
     """{name: the line `classify --format jsonl` writes for that file}, the command run in the folder."""
     folder, expected = files
-    code, out, err = run_cli("classify", *expected, "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "jsonl",
-                             cwd=folder)
-    assert code == 1, err  # the bad files
-    lines = out.splitlines(keepends=True)
+    result = cli("classify", *expected, "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "jsonl", cwd=folder)
+    assert result.code == 1, result.stderr  # the bad files
+    lines = result.stdout.splitlines(keepends=True)
     assert len(lines) == len(expected)
     return dict(zip(expected, lines))
 
@@ -77,32 +68,31 @@ def test_an_image_without_a_name_is_dash(server):
     assert r.status_code == 200 and json.loads(r.content)["path"] == "-"
 
 
-def test_a_multipart_upload_is_classify_s_json_document(server, files, checkpoint):
+def test_a_multipart_upload_is_classify_s_json_document(server, files, checkpoint, cli):
     folder, expected = files
     names = list(expected)[::-1]  # upload order, not name order
-    code, out, err = run_cli("classify", *names, "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "json",
-                             cwd=folder)
-    assert code == 1, err
+    result = cli("classify", *names, "-a", "resnet18", "-w", checkpoint("resnet18"), "-f", "json", cwd=folder)
+    assert result.code == 1, result.stderr
     parts = [("file", (n, (folder / n).read_bytes(), "application/octet-stream")) for n in names]
     r = httpx.post(server.url + "/v1/classify", files=parts, timeout=60)
     assert r.status_code == 422  # some images failed, as classify exits 1; every record is there
-    assert r.content == out
+    assert r.content == result.stdout
 
 
-def test_topk_per_request(server, files, checkpoint):
-    folder, _ = files
-    code, out, err = run_cli("classify", PHOTOS[1].name, "-a", "resnet18", "-w", checkpoint("resnet18"), "-k", "3",
-                             "-f", "jsonl", cwd=PHOTOS[1].parent)
-    assert code == 0, err
+def test_topk_per_request(server, checkpoint, cli):
+    result = cli("classify", PHOTOS[1].name, "-a", "resnet18", "-w", checkpoint("resnet18"), "-k", "3", "-f",
+                 "jsonl", cwd=PHOTOS[1].parent)
+    assert result.code == 0, result.stderr
     r = httpx.post(server.url + "/v1/classify?topk=3", content=PHOTOS[1].read_bytes(),
                    headers={"Content-Type": "image/png", "X-Filename": PHOTOS[1].name})
-    assert r.status_code == 200 and r.content == out
+    assert r.status_code == 200 and r.content == result.stdout
     for bad in ("0", "abc", "1001"):
         r = httpx.post(server.url + f"/v1/classify?topk={bad}", content=PHOTOS[1].read_bytes(),
                        headers={"Content-Type": "image/png"})
         assert r.status_code == 400 and r.json()["error"]["type"] == "bad_request", bad
 
 
+@pytest.mark.load
 def test_16_concurrent_clients_each_get_their_own_image_s_answer(server, files, classify_lines):
     """Each client sends a different file, three times over, while the others do: batching mixes them in
     the model's batches, and every answer must be the client's own, to the byte."""
@@ -125,12 +115,12 @@ def test_16_concurrent_clients_each_get_their_own_image_s_answer(server, files, 
     assert counts["1.0"] < counts["+Inf"]
 
 
-def test_embed_answers_are_embed_s_lines(server, files, checkpoint, tmp_path):
+def test_embed_answers_are_embed_s_lines(server, files, checkpoint, cli, tmp_path):
     folder, _ = files
     names = [PHOTOS[0].name, "notes.jpg", PHOTOS[2].name]
     out = tmp_path / "e.jsonl"
-    code, _, err = run_cli("embed", *names, "-a", "resnet18", "-w", checkpoint("resnet18"), "-o", out, cwd=folder)
-    assert code == 1, err
+    result = cli("embed", *names, "-a", "resnet18", "-w", checkpoint("resnet18"), "-o", out, cwd=folder)
+    assert result.code == 1, result.stderr
     lines = out.read_bytes().splitlines(keepends=True)
     for name, line in zip(names, lines):
         r = post_one(server.url, (folder / name).read_bytes(), name, path="/v1/embed")
@@ -145,6 +135,8 @@ def test_torchserve_inference_api(server, classify_lines):
     record = json.loads(classify_lines[PHOTOS[3].name])
     r = httpx.post(server.url + "/predictions/resnet18", content=PHOTOS[3].read_bytes())
     assert r.status_code == 200
+    assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
+    r = httpx.put(server.url + "/predictions/resnet18", content=PHOTOS[3].read_bytes())  # curl -T
     assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
     r = httpx.post(server.url + "/predictions/resnet18", files={"data": ("x.jpg", PHOTOS[3].read_bytes())})
     assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]

@@ -10,16 +10,8 @@ import httpx
 import pytest
 
 from checkpoints import PHOTOS
-from servers import serve
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server(resnet18):
-    running = serve(resnet18)
-    yield running
-    running.stop()
 
 
 def answer(url: str, data: bytes, name: str) -> dict:
