@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...core.console import isatty, print_data, progress_bar
+from ...core.console import eprint, isatty, print_data, progress_bar
 from ...core.errors import UsageError
 from ...models.devices import Precision
 from ...run.job import ModelOptions, RunOptions
@@ -94,6 +94,9 @@ def command(
     from .train import extract
 
     features, failures, counts, code = extract(sources, resolved, options)
+    if not quiet:  # a note, never the output: the output is the same whether the cache was empty or full
+        eprint(f"features: {counts['cached']} read from the cache, {counts['extracted']} extracted"
+               + (f", {counts['failed']} could not be read" if counts["failed"] else ""))
     _check_folds(data, [l for s, l in zip(data_set.sources, data_set.labels) if s.path in features], classes, folds,
                  failed=len(failures))
 
@@ -124,7 +127,7 @@ def command(
             bar.stop()
     summary = {"data": data, "against": against, "arch": resolved.arch.name, "weights": resolved.name,
                **{k: v for k, v in summary.items() if k != "against"},
-               "against_images": summary["against"], "failed": len(failures), "features": counts}
+               "against_images": summary["against"], "failed": len(failures)}
     if output is not None:
         _write_jsonl(output, found, failures)
     if report:
