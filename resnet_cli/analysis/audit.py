@@ -57,27 +57,34 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 def cross_fit(x: np.ndarray, y: np.ndarray, n_classes: int, folds: np.ndarray, c: float = C,
               max_iter: int = MAX_ITER, progress=None) -> np.ndarray:
     """(N, n_classes) float64 out-of-sample class probabilities: the rows of fold f predicted by the probe
-    (probe.fit with regularisation `c`, at most `max_iter` L-BFGS iterations) fitted on every other fold.
+    (probe.fit_blocks with regularisation `c`, at most `max_iter` L-BFGS iterations) fitted on every other fold.
 
     `x`: (N, D) features (any float dtype); `y`: (N,) class indices; `folds`: (N,) fold of each row. Equals
     scikit-learn's `cross_val_predict(LogisticRegression(C=c), x, y, cv=<the same folds>, method="predict_proba")`
     for three classes or more, once both optimisers have converged (scikit-learn's binary case has one weight
-    vector, not two: for two classes it is LogisticRegression(C=2c))."""
+    vector, not two: for two classes it is LogisticRegression(C=2c)).
+
+    Memory: one float64 copy of `x`, its rows ordered by fold and centred once (by the mean of all the rows: the
+    bias is unpenalised, so any centring gives the same optimum), shared by every fold: a fold's training rows
+    are the two slices before and after it (views), its held-out rows the slice itself."""
     import torch
 
     from . import probe
 
-    x = np.asarray(x)
     y = np.asarray(y, np.int64)
+    folds = np.asarray(folds)
     out = np.zeros((len(y), n_classes), np.float64)
+    order = np.argsort(folds, kind="stable")
+    xs, _ = probe.centred(x, order)
+    ys = y[order]
+    bounds = np.searchsorted(folds[order], np.unique(folds), side="left").tolist() + [len(y)]
     threads = torch.get_num_threads()
-    if x.size <= SMALL:  # a small head: thread start-up and sharing cost more than the arithmetic
+    if xs.size <= SMALL:  # a small head: thread start-up and sharing cost more than the arithmetic
         torch.set_num_threads(1)
     try:
-        for f in np.unique(folds):
-            held = folds == f
-            w, b = probe.fit(x[~held], y[~held], n_classes, c, max_iter)
-            out[held] = probe.predict_proba(x[held], w, b)
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            w, b = probe.fit_blocks([(xs[:start], ys[:start]), (xs[end:], ys[end:])], n_classes, c, max_iter)
+            out[order[start:end]] = probe.predict_proba(xs[start:end], w, b)
             if progress is not None:
                 progress()
     finally:
