@@ -272,9 +272,10 @@ KINDS = ("label_issue", "duplicate", "outlier")
 
 def audit(paths: list[str], labels: np.ndarray, classes: list[str], x: np.ndarray, *, folds: int = 5, seed: int = 0,
           threshold: float = DUPLICATE_THRESHOLD, k: int = K_NEIGHBOURS, max_iter: int = MAX_ITER,
-          against: tuple[list[str], np.ndarray, np.ndarray] | None = None, progress=None) -> tuple[list[dict], dict]:
+          against: tuple[list[str], list[str], np.ndarray] | None = None, progress=None) -> tuple[list[dict], dict]:
     """(findings, summary) of a labelled set: `paths` (N,), `labels` (N,) class indices into `classes`, `x`
-    (N, D) features; `against`: (paths, class indices, features) of a second set looked at for leakage only.
+    (N, D) features; `against`: (paths, labels, features) of a second set looked at for leakage only: its
+    labels (any names, in `classes` or not) are only copied into its duplicates' `other_label`.
 
     Findings, in this order: the label issues (lowest self-confidence first), the near-duplicates (most similar
     first; contradictions before leakage at equal similarity), the outliers (farthest first); ties in DATA's
@@ -299,7 +300,7 @@ def audit(paths: list[str], labels: np.ndarray, classes: list[str], x: np.ndarra
     other = neighbours.unit(against[2]) if against is not None and len(against[0]) else None
     for i, j, sim, reason in duplicate_pairs(unit, y, threshold, other):
         if reason == "leakage":
-            other_path, other_label = against[0][j], classes[against[1][j]]
+            other_path, other_label = against[0][j], against[1][j]
         else:
             other_path, other_label = paths[j], classes[y[j]]
         found.append({"path": paths[i], "kind": "duplicate", "given_label": classes[y[i]], "suggested_label": None,

@@ -29,8 +29,8 @@ def command(
         "columns, as train reads it.")],
     against: Annotated[Optional[str], typer.Option(
         "--against", metavar="OTHER_DATA", show_default=False,
-        help="A second labelled set (a validation or test set, same forms as DATA): near-duplicates between the "
-        "two are reported as leakage.")] = None,
+        help="A second labelled set (a validation or test set, same forms as DATA; its classes need not be "
+        "DATA's): near-duplicates between the two are reported as leakage.")] = None,
     folds: Annotated[int, typer.Option(
         "--folds", min=2, max=100, metavar="K",
         help="Cross-fitting folds: each image's probabilities come from a head fitted on the other K-1.")] = 5,
@@ -85,10 +85,6 @@ def command(
     classes = sorted(set(data_set.labels))
     if len(classes) < 2:
         raise UsageError(f"{data}: an audit needs at least two classes (found {len(classes)})")
-    if other_set is not None:
-        unknown = sorted(set(other_set.labels) - set(classes))
-        if unknown:
-            raise UsageError(f"{against}: classes not in DATA: {', '.join(map(repr, unknown[:5]))}")
     _check_folds(data, [l for s, l in zip(data_set.sources, data_set.labels) if s.error is None], classes, folds)
 
     from .train import extract
@@ -107,13 +103,17 @@ def command(
     index = {c: i for i, c in enumerate(classes)}
 
     def rows(dataset):
-        kept = [(s.path, index[label]) for s, label in zip(dataset.sources, dataset.labels) if s.path in features]
+        """(paths, labels, (n, D) features) of the images whose features were had."""
+        kept = [(s.path, label) for s, label in zip(dataset.sources, dataset.labels) if s.path in features]
         paths = [p for p, _ in kept]
         x = np.stack([features[p] for p in paths]) if paths else np.zeros((0, 1), np.float32)
-        return paths, np.array([y for _, y in kept], np.int64), x
+        return paths, [label for _, label in kept], x
 
-    paths, y, x = rows(data_set)
+    paths, labels, x = rows(data_set)
+    y = np.array([index[label] for label in labels], np.int64)
+    # --against is looked at for leakage only: its labels need not be DATA's classes
     other = rows(other_set) if other_set is not None else None
+    del features  # each vector is now in x or other's (the dict's copies would double the memory)
     bar = progress_bar(sys.stderr) if not quiet and isatty(sys.stderr) else None
     if bar is not None:
         bar.start()

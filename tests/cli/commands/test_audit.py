@@ -186,12 +186,14 @@ def test_two_runs_write_the_same_bytes_whether_the_feature_cache_was_empty_or_fu
 
 
 @pytest.mark.timeout(120)
-def test_against_reports_leakage_between_the_sets(made, checkpoint, cli, shared_cache, tmp_path):
+def test_against_reports_leakage_between_the_sets_whatever_their_classes(made, checkpoint, cli, shared_cache,
+                                                                         tmp_path):
+    """Leakage needs no labels: a validation set whose class DATA has not is audited, its label only copied."""
     other = tmp_path / "val"
-    (other / "c").mkdir(parents=True)
+    (other / "unseen").mkdir(parents=True)
     leaked = made.duplicates[0][0]
-    shutil.copy(made.folder / leaked, other / "c" / "leaked.jpg")
-    shutil.copy(made.folder / made.ood[0], other / "c" / "grey.png")
+    shutil.copy(made.folder / leaked, other / "unseen" / "leaked.jpg")
+    shutil.copy(made.folder / made.ood[0], other / "unseen" / "grey.png")
     result = cli("audit", made.folder, "--against", other, *ARGS, "--weights", checkpoint("resnet18"), "-f", "json")
     assert result.code == 1, result.stderr
     out = json.loads(result.stdout)
@@ -199,6 +201,8 @@ def test_against_reports_leakage_between_the_sets(made, checkpoint, cli, shared_
     assert {(_rel(made, f["path"]), Path(f["other_path"]).name) for f in leaks} >= {
         (leaked, "leaked.jpg"), (made.ood[0], "grey.png")}
     assert all(Path(f["other_path"]).parent.parent == other for f in leaks)
+    assert {f["other_label"] for f in leaks} == {"unseen"}
+    assert {f["given_label"] for f in leaks} <= set(out["summary"]["classes"]) == {"a", "b", "c"}
     assert out["summary"]["against_images"] == 2
 
 
