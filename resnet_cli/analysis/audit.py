@@ -57,27 +57,34 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 def cross_fit(x: np.ndarray, y: np.ndarray, n_classes: int, folds: np.ndarray, c: float = C,
               max_iter: int = MAX_ITER, progress=None) -> np.ndarray:
     """(N, n_classes) float64 out-of-sample class probabilities: the rows of fold f predicted by the probe
-    (probe.fit with regularisation `c`, at most `max_iter` L-BFGS iterations) fitted on every other fold.
+    (probe.fit_blocks with regularisation `c`, at most `max_iter` L-BFGS iterations) fitted on every other fold.
 
     `x`: (N, D) features (any float dtype); `y`: (N,) class indices; `folds`: (N,) fold of each row. Equals
     scikit-learn's `cross_val_predict(LogisticRegression(C=c), x, y, cv=<the same folds>, method="predict_proba")`
     for three classes or more, once both optimisers have converged (scikit-learn's binary case has one weight
-    vector, not two: for two classes it is LogisticRegression(C=2c))."""
+    vector, not two: for two classes it is LogisticRegression(C=2c)).
+
+    Memory: one float64 copy of `x`, its rows ordered by fold and centred once (by the mean of all the rows: the
+    bias is unpenalised, so any centring gives the same optimum), shared by every fold: a fold's training rows
+    are the two slices before and after it (views), its held-out rows the slice itself."""
     import torch
 
     from . import probe
 
-    x = np.asarray(x)
     y = np.asarray(y, np.int64)
+    folds = np.asarray(folds)
     out = np.zeros((len(y), n_classes), np.float64)
+    order = np.argsort(folds, kind="stable")
+    xs, _ = probe.centred(x, order)
+    ys = y[order]
+    bounds = np.searchsorted(folds[order], np.unique(folds), side="left").tolist() + [len(y)]
     threads = torch.get_num_threads()
-    if x.size <= SMALL:  # a small head: thread start-up and sharing cost more than the arithmetic
+    if xs.size <= SMALL:  # a small head: thread start-up and sharing cost more than the arithmetic
         torch.set_num_threads(1)
     try:
-        for f in np.unique(folds):
-            held = folds == f
-            w, b = probe.fit(x[~held], y[~held], n_classes, c, max_iter)
-            out[held] = probe.predict_proba(x[held], w, b)
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            w, b = probe.fit_blocks([(xs[:start], ys[:start]), (xs[end:], ys[end:])], n_classes, c, max_iter)
+            out[order[start:end]] = probe.predict_proba(xs[start:end], w, b)
             if progress is not None:
                 progress()
     finally:
@@ -265,9 +272,10 @@ KINDS = ("label_issue", "duplicate", "outlier")
 
 def audit(paths: list[str], labels: np.ndarray, classes: list[str], x: np.ndarray, *, folds: int = 5, seed: int = 0,
           threshold: float = DUPLICATE_THRESHOLD, k: int = K_NEIGHBOURS, max_iter: int = MAX_ITER,
-          against: tuple[list[str], np.ndarray, np.ndarray] | None = None, progress=None) -> tuple[list[dict], dict]:
+          against: tuple[list[str], list[str], np.ndarray] | None = None, progress=None) -> tuple[list[dict], dict]:
     """(findings, summary) of a labelled set: `paths` (N,), `labels` (N,) class indices into `classes`, `x`
-    (N, D) features; `against`: (paths, class indices, features) of a second set looked at for leakage only.
+    (N, D) features; `against`: (paths, labels, features) of a second set looked at for leakage only: its
+    labels (any names, in `classes` or not) are only copied into its duplicates' `other_label`.
 
     Findings, in this order: the label issues (lowest self-confidence first), the near-duplicates (most similar
     first; contradictions before leakage at equal similarity), the outliers (farthest first); ties in DATA's
@@ -292,7 +300,7 @@ def audit(paths: list[str], labels: np.ndarray, classes: list[str], x: np.ndarra
     other = neighbours.unit(against[2]) if against is not None and len(against[0]) else None
     for i, j, sim, reason in duplicate_pairs(unit, y, threshold, other):
         if reason == "leakage":
-            other_path, other_label = against[0][j], classes[against[1][j]]
+            other_path, other_label = against[0][j], against[1][j]
         else:
             other_path, other_label = paths[j], classes[y[j]]
         found.append({"path": paths[i], "kind": "duplicate", "given_label": classes[y[i]], "suggested_label": None,

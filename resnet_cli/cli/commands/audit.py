@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...core.console import isatty, print_data, progress_bar
+from ...core.console import eprint, isatty, print_data, progress_bar
 from ...core.errors import UsageError
 from ...models.devices import Precision
 from ...run.job import ModelOptions, RunOptions
@@ -29,8 +29,8 @@ def command(
         "columns, as train reads it.")],
     against: Annotated[Optional[str], typer.Option(
         "--against", metavar="OTHER_DATA", show_default=False,
-        help="A second labelled set (a validation or test set, same forms as DATA): near-duplicates between the "
-        "two are reported as leakage.")] = None,
+        help="A second labelled set (a validation or test set, same forms as DATA; its classes need not be "
+        "DATA's): near-duplicates between the two are reported as leakage.")] = None,
     folds: Annotated[int, typer.Option(
         "--folds", min=2, max=100, metavar="K",
         help="Cross-fitting folds: each image's probabilities come from a head fitted on the other K-1.")] = 5,
@@ -85,15 +85,14 @@ def command(
     classes = sorted(set(data_set.labels))
     if len(classes) < 2:
         raise UsageError(f"{data}: an audit needs at least two classes (found {len(classes)})")
-    if other_set is not None:
-        unknown = sorted(set(other_set.labels) - set(classes))
-        if unknown:
-            raise UsageError(f"{against}: classes not in DATA: {', '.join(map(repr, unknown[:5]))}")
     _check_folds(data, [l for s, l in zip(data_set.sources, data_set.labels) if s.error is None], classes, folds)
 
     from .train import extract
 
     features, failures, counts, code = extract(sources, resolved, options)
+    if not quiet:  # a note, never the output: the output is the same whether the cache was empty or full
+        eprint(f"features: {counts['cached']} read from the cache, {counts['extracted']} extracted"
+               + (f", {counts['failed']} could not be read" if counts["failed"] else ""))
     _check_folds(data, [l for s, l in zip(data_set.sources, data_set.labels) if s.path in features], classes, folds,
                  failed=len(failures))
 
@@ -104,13 +103,17 @@ def command(
     index = {c: i for i, c in enumerate(classes)}
 
     def rows(dataset):
-        kept = [(s.path, index[label]) for s, label in zip(dataset.sources, dataset.labels) if s.path in features]
+        """(paths, labels, (n, D) features) of the images whose features were had."""
+        kept = [(s.path, label) for s, label in zip(dataset.sources, dataset.labels) if s.path in features]
         paths = [p for p, _ in kept]
         x = np.stack([features[p] for p in paths]) if paths else np.zeros((0, 1), np.float32)
-        return paths, np.array([y for _, y in kept], np.int64), x
+        return paths, [label for _, label in kept], x
 
-    paths, y, x = rows(data_set)
+    paths, labels, x = rows(data_set)
+    y = np.array([index[label] for label in labels], np.int64)
+    # --against is looked at for leakage only: its labels need not be DATA's classes
     other = rows(other_set) if other_set is not None else None
+    del features  # each vector is now in x or other's (the dict's copies would double the memory)
     bar = progress_bar(sys.stderr) if not quiet and isatty(sys.stderr) else None
     if bar is not None:
         bar.start()
@@ -124,7 +127,7 @@ def command(
             bar.stop()
     summary = {"data": data, "against": against, "arch": resolved.arch.name, "weights": resolved.name,
                **{k: v for k, v in summary.items() if k != "against"},
-               "against_images": summary["against"], "failed": len(failures), "features": counts}
+               "against_images": summary["against"], "failed": len(failures)}
     if output is not None:
         _write_jsonl(output, found, failures)
     if report:

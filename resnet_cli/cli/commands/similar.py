@@ -31,12 +31,6 @@ from ...run.job import ModelOptions, RunOptions, make_job
 from ..options import ArchOpt, BatchSizeOpt, LocalDeviceOpt, LocalWorkersOpt, OfflineOpt, PrecisionOpt, QuietOpt
 from .stream import RecordStream
 
-# --duplicates compares the index with itself in tiles of ROWS x COLS similarities (16 MB of float32), and
-# gathers the links of SUB rows of a tile at a time: analysis.neighbours' sizes (the engine audit shares), named
-# here so that the command's start imports no numpy.
-ROWS = 1024
-COLS = 4096
-SUB = 128
 from ...outputs.writers import Format, ListFormat, choose_format
 
 
@@ -190,10 +184,12 @@ def neighbours(query: str, vector, paths: list[str], unit, k: int, threshold: fl
 
 def duplicate_groups(paths: list[str], unit, threshold: float):
     """{"group": [paths], "similarity": lowest pairwise} for each set of vectors linked by similarities at or
-    above `threshold` (transitively): analysis.neighbours.duplicate_groups, in tiles of ROWS x COLS."""
+    above `threshold` (transitively): analysis.neighbours.duplicate_groups, in its tiles of ROWS x COLS
+    similarities, SUB rows' links at a time (read when called)."""
     from ...analysis import neighbours
 
-    return neighbours.duplicate_groups(paths, unit, threshold, rows=ROWS, cols=COLS, sub=SUB)
+    return neighbours.duplicate_groups(paths, unit, threshold, rows=neighbours.ROWS, cols=neighbours.COLS,
+                                       sub=neighbours.SUB)
 
 
 def _embed(queries: list[str], meta: dict, index: str, dim: int, model: ModelOptions, options: RunOptions):

@@ -78,11 +78,12 @@ def test_duplicates_memory_stays_flat_when_every_pair_is_similar(cli, tmp_path):
 
 @pytest.mark.parametrize("rows,cols,sub", [(1024, 4096, 128), (16, 40, 4), (7, 13, 3)])
 def test_duplicate_groups_across_tile_edges_equal_a_brute_force_search(monkeypatch, rows, cols, sub):
+    from resnet_cli.analysis import neighbours
     from resnet_cli.cli.commands import similar
 
-    monkeypatch.setattr(similar, "ROWS", rows, raising=False)
-    monkeypatch.setattr(similar, "COLS", cols, raising=False)
-    monkeypatch.setattr(similar, "SUB", sub, raising=False)
+    monkeypatch.setattr(neighbours, "ROWS", rows)  # raising: the engine's tile sizes must exist to be tested
+    monkeypatch.setattr(neighbours, "COLS", cols)
+    monkeypatch.setattr(neighbours, "SUB", sub)
     rng = np.random.default_rng(1)
     base = rng.normal(size=(25, 24))
     vectors = np.concatenate([
