@@ -177,11 +177,9 @@ def _owner(weights: str) -> ArchSpec | None:
     """The architecture whose enum (float or int8) qualifies `weights` (ResNet50_Weights.X and
     ResNet50_QuantizedWeights.X -> resnet50), if any."""
     enum, dot, _ = weights.partition(".")
-    if not dot:
+    if not dot or not enum:  # ./DEFAULT, .hidden: paths, not enums
         return None
-    enum = enum.lower()
-    return next((a for a in architectures().values()
-                 if enum in (a.enum.lower(), (a.quantized_enum or "").lower())), None)
+    return next((a for a in architectures().values() if _enum_table(a, enum) is not None), None)
 
 
 def _enum_table(arch: ArchSpec, enum: str) -> tuple[dict[str, WeightsSpec], str] | None:
@@ -217,7 +215,7 @@ def _is_registry_name(weights: str) -> bool:
     if owner is None:
         return False
     enum, _, name = weights.partition(".")
-    table, _default = _enum_table(owner, enum)
+    table, _default = _enum_table(owner, enum)  # not None: _owner found the enum
     return name.upper() in ({"DEFAULT"} | set(table))
 
 
