@@ -298,13 +298,13 @@ def audit(paths: list[str], labels: np.ndarray, classes: list[str], x: np.ndarra
 
     unit = neighbours.unit(x)
     other = neighbours.unit(against[2]) if against is not None and len(against[0]) else None
-    for i, j, sim, reason in duplicate_pairs(unit, y, threshold, other):
+    for i, j, sim, reason in duplicate_pairs(unit, y, threshold, other):  # a copy's score: 1 (rounding aside)
         if reason == "leakage":
             other_path, other_label = against[0][j], against[1][j]
         else:
             other_path, other_label = paths[j], classes[y[j]]
         found.append({"path": paths[i], "kind": "duplicate", "given_label": classes[y[i]], "suggested_label": None,
-                      "score": sim, "reason": reason, "other_path": other_path, "other_label": other_label})
+                      "score": min(sim, 1.0), "reason": reason, "other_path": other_path, "other_label": other_label})
 
     overall = knn_distance(unit, k)
     own = knn_distance(unit, k, y)

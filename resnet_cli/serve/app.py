@@ -325,7 +325,7 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
             service.close(limits.timeout_s - (time.monotonic() - since if since is not None else 0.0))
 
     app = FastAPI(title="resnet-classify", summary="Classify images with the ResNet family over HTTP",
-                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # their pages load from a CDN
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.stopping_since = None  # time.monotonic() of the signal that stops the server (server.Server)
 
@@ -409,7 +409,10 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
                 raise ApiError(404, "model_not_found", f"model {model_name!r} is not served here; this server "
                                f"serves {s.model.name!r}")
             files, _ = await s.inputs(request, torchserve=True)
-            records = await s.records(files[:1], s.model.classify, "/predictions")
+            if len(files) > 1:  # TorchServe's answer has room for one image: never drop the others silently
+                raise ApiError(400, "bad_request", f"/predictions takes one image; this request has {len(files)} "
+                               "(use /v1/classify for several)")
+            records = await s.records(files, s.model.classify, "/predictions")
             (rec,) = records
             if isinstance(rec, Failure):
                 return Response(_lines(records, False), status_code=422, media_type=JSON)

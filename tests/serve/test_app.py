@@ -140,6 +140,9 @@ def test_torchserve_inference_api(server, classify_lines):
     assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
     r = httpx.post(server.url + "/predictions/resnet18", files={"data": ("x.jpg", PHOTOS[3].read_bytes())})
     assert list(r.json().items()) == [(p["label"], p["probability"]) for p in record["topk"]]
+    two = [("data", ("x.jpg", PHOTOS[3].read_bytes())), ("data", ("y.jpg", PHOTOS[2].read_bytes()))]
+    r = httpx.post(server.url + "/predictions/resnet18", files=two)  # TorchServe's answer holds one image
+    assert r.status_code == 400 and r.json()["error"]["type"] == "bad_request"
     r = httpx.post(server.url + "/predictions/resnet18", content=b"not a picture\n")
     assert r.status_code == 422 and r.json()["error"]["type"] == "not_an_image"
     r = httpx.post(server.url + "/predictions/densenet", content=PHOTOS[3].read_bytes())

@@ -8,6 +8,7 @@ do not belong at all.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -75,6 +76,9 @@ def command(
                          fast_decode=fast_decode, offline=offline, quiet=quiet)
     resolved = ModelOptions(arch, weights).resolve()
     data_set = labelled.read(data)
+    if against is not None and os.path.exists(against) and os.path.exists(data) and os.path.samefile(data, against):
+        raise UsageError(f"--against {against} is DATA itself: give the other set (a validation or test set) to "
+                         "look for leakage into it")
     other_set = labelled.read(against) if against else None
     sources = data_set.sources + (other_set.sources if other_set else [])
     check_outputs([data] + ([against] if against else []), [("--output", output), ("--report", report)],
@@ -178,7 +182,8 @@ def _print(summary: dict, found: list[dict], failures: list[dict], fmt: Format) 
                       f"{len(summary['classes'])} classes, {summary['folds']}-fold cross-fitting "
                       f"(accuracy {100 * summary['cross_fitted_accuracy']:.1f}%); estimated noise "
                       f"{100 * summary['estimated_noise_rate']:.1f}%; {counts['label_issue']} label issues, "
-                      f"{counts['duplicate']} near-duplicates, {counts['outlier']} outliers"
+                      f"{counts['duplicate']} near-duplicate{'s' * (counts['duplicate'] != 1)}, "
+                      f"{counts['outlier']} outlier{'s' * (counts['outlier'] != 1)}"
                       + (f"; {summary['failed']} could not be read" if summary["failed"] else ""), soft_wrap=True)
         per = Table("class", "images", "noise rate", "label issues", "duplicates", "outliers", box=None)
         for name, c in summary["per_class"].items():

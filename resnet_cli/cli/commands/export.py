@@ -143,7 +143,8 @@ def command(
 
 
 def _check_sources(check: str | None, option: str = "--check", limit: int = MAX_CHECK) -> list:
-    """The check images' sources: --check DIR's image files (sorted, at most `limit`), else the sample photos
+    """The check images' sources: --check DIR's image files and those of its class folders one level down
+    (sorted, at most `limit`), else the sample photos
     where they are, else [] (synthetic images). `option` names the option in messages."""
     from ...inputs.sources import Source, is_image_name
 
@@ -152,13 +153,19 @@ def _check_sources(check: str | None, option: str = "--check", limit: int = MAX_
         return []
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {folder}: not a folder")
+    names = []  # the folder's image files, and those of its class folders one level down (DATA/<class>/*.jpg)
     try:
-        names = sorted(n for n in os.listdir(folder) if is_image_name(n)
-                       and os.path.isfile(os.path.join(folder, n)))
+        for entry in sorted(os.listdir(folder)):
+            path = os.path.join(folder, entry)
+            if is_image_name(entry) and os.path.isfile(path):
+                names.append(entry)
+            elif os.path.isdir(path) and not os.path.islink(path):
+                names += [os.path.join(entry, n) for n in sorted(os.listdir(path))
+                          if is_image_name(n) and os.path.isfile(os.path.join(path, n))]
     except OSError as exc:
         raise UsageError(f"{option} {folder}: {exc.strerror or exc}") from None
     if not names:
-        raise UsageError(f"{option} {folder}: no image files in it")
+        raise UsageError(f"{option} {folder}: no image files in it or in its class folders")
     return [Source(os.path.join(folder, n)) for n in names[:limit]]
 
 

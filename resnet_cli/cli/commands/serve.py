@@ -40,7 +40,7 @@ TimeoutOpt = Annotated[float, typer.Option(
 ReplicasOpt = Annotated[Optional[int], typer.Option(
     "--replicas", min=1, metavar="N", show_default=False,
     help="With --engine ray: copies of the model across the cluster (default: 1).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No access log, no start-up lines.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No access log; of the start-up lines only the address served.")]
 
 
 def command(
@@ -93,8 +93,7 @@ def command(
     sock = server.listen(host, port)  # a busy port fails now, before the weights load
     model = load(settings)
     app = create_app(model, limits)
-    if not quiet:
-        w = model.weights
-        eprint(f"serving {w.arch.name} ({w.name}) on {server.url_of(sock)}  (the page: {server.url_of(sock)}/, "
-               "the API: /docs)")
+    w = model.weights  # printed even with --quiet: with --port 0 it is the only way to learn the port
+    eprint(f"serving {w.arch.name} ({w.name}) on {server.url_of(sock)}  (the page: {server.url_of(sock)}/, "
+           "the API's schema: /openapi.json)")
     server.run(app, sock, timeout_s=timeout, quiet=quiet)

@@ -219,6 +219,18 @@ def test_a_class_too_small_for_the_folds_is_a_usage_error_naming_it(cli, tmp_pat
     assert result.stderr.startswith("resnet-classify: error:") and "Traceback" not in result.stderr
 
 
+def test_against_the_data_set_itself_is_a_usage_error(cli, tmp_path):
+    """Every image would "leak" into itself: the command says what --against is for instead."""
+    from checkpoints import PHOTOS
+
+    for label, photos in (("a", PHOTOS[:3]), ("b", PHOTOS[3:])):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for p in photos:
+            shutil.copy(p, tmp_path / "data" / label / p.name)
+    result = cli("audit", tmp_path / "data", *ARGS, "--folds", "2", "--against", str(tmp_path / "data") + "/")
+    assert result.code == 2 and "is DATA itself" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_the_findings_file_is_never_an_input(cli, tmp_path):
     from checkpoints import PHOTOS
 

@@ -269,6 +269,15 @@ def test_export_checks_its_output_before_any_work(checkpoint, cli, tmp_path):
     res = cli("export", "-w", ckpt, "-o", tmp_path / "m.onnx", "--check", tmp_path / "empty")
     assert res.code == 2 and "no image files in it" in res.stderr
     os.rmdir(tmp_path / "empty")
+    # photos in class folders (DATA/<class>/*.jpg, as train, evaluate and audit read them) are photos too
+    from resnet_cli.cli.commands.export import _check_sources
+
+    (tmp_path / "classes" / "a").mkdir(parents=True)
+    shutil.copy(PHOTOS[0], tmp_path / "classes" / "a" / "x.jpg")
+    shutil.copy(PHOTOS[1], tmp_path / "classes" / "top.jpg")
+    assert [s.path for s in _check_sources(str(tmp_path / "classes"))] == [
+        str(tmp_path / "classes" / "a" / "x.jpg"), str(tmp_path / "classes" / "top.jpg")]
+    shutil.rmtree(tmp_path / "classes")
     # The .bin beside an .xml is a name the tool chose: a symlink there is not followed, nor written through
     victim = tmp_path / "victim"
     victim.write_text("keep")
