@@ -421,16 +421,19 @@ def create_app(model: Union[Model, Callable[[], Model]], limits: Limits = Limits
 
         return await guarded("/predictions", request, answer)
 
+    @app.head("/ping", include_in_schema=False)  # load balancers' probes may send HEAD
     @app.get("/ping", summary="TorchServe's health check")
     async def ping() -> Response:
         ready = service().ready
         body = dumps({"status": "Healthy" if ready else "Unhealthy"}) + "\n"
         return Response(body.encode(), status_code=200 if ready else 503, media_type=JSON)
 
+    @app.head("/healthz", include_in_schema=False)  # load balancers' probes may send HEAD
     @app.get("/healthz", summary="Alive")
     async def healthz() -> Response:
         return Response(b'{"status": "ok"}\n', media_type=JSON)
 
+    @app.head("/readyz", include_in_schema=False)  # load balancers' probes may send HEAD
     @app.get("/readyz", summary="Weights loaded and warm")
     async def readyz() -> Response:
         s = service()

@@ -167,6 +167,10 @@ def test_bad_requests_get_a_json_4xx(server, headers, body, status, kind):
 
 def test_health_readiness_openapi_and_metrics(server):
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    for probe in ("/healthz", "/readyz", "/ping"):  # load balancers' probes may send HEAD
+        assert httpx.head(server.url + probe).status_code == 200, probe
+    r = httpx.get(server.url + "/v1/classify")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
     ready = httpx.get(server.url + "/readyz").json()
     assert ready["status"] == "ready" and ready["arch"] == "resnet18"
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
