@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -34,12 +35,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..core.errors import UsageError
-from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need, reason
+from .formats import FEATURES, INPUT, LOGITS, METADATA_KEY, ExportedModel, bin_path, need, read_blobs, reason
 from .preprocess import normalize
 from .registry import Preprocess
 from .resolve import Resolved
@@ -253,12 +254,8 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
     opset = opset or DEFAULT_OPSET
     need(fmt)
     meta = metadata(weights, labels, fmt, opset)
-    folder = os.path.dirname(os.path.abspath(output))
-    targets = [output] if fmt == "onnx" else [bin_path(output), output]
-    atomics = []
-    work = tempfile.mkdtemp(prefix=".export-", dir=folder)
-    try:
-        open_targets(output, targets, atomics)
+    targets = export_targets(output, fmt)
+    with staged(output, targets, ".export-") as (atomics, work):
         start = time.perf_counter()
         onnx_path = os.path.join(work, "model.onnx")
         to_onnx(module, weights.preprocess.crop, onnx_path, meta, opset)
@@ -268,11 +265,7 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
         else:
             produced = [onnx_path]
         exported = time.perf_counter() - start
-        blobs = []
-        for path in produced[::-1] if fmt == "openvino" else produced:
-            with open(path, "rb") as f:
-                blobs.append(f.read())
-        model = ExportedModel(fmt, tuple(blobs), output, len(labels))
+        model = replace(read_blobs(produced[-1], fmt, len(labels)), source=output)
         start = time.perf_counter()
         written = read_back(produced[-1], fmt, labels, weights.preprocess)
         parity = check_parity(module, model, batch_u8, weights.preprocess, names, written)
@@ -282,18 +275,35 @@ def export(module, weights: Resolved, labels: tuple[str, ...], fmt: str, output:
                              f"{parity.failure} (max probability difference {parity.max_prob_diff:.2e}, "
                              f"tolerance {PROB_TOLERANCE:g})")
         commit_files(atomics, produced)
-    except BaseException:
-        for atomic in atomics:
-            atomic.abort()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return {"model": output, "files": {p: os.path.getsize(p) for p in targets}, "format": fmt,
             "arch": weights.arch.name, "weights": weights.name, "opset": opset,
             "seconds": {"export": round(exported, 3), "check": round(checked, 3)},
             "parity": {"images": parity.images, "batches": list(parity.batches), "top5_identical": True,
                        "max_prob_diff": parity.max_prob_diff, "max_logit_diff": parity.max_logit_diff,
                        "max_feature_diff": parity.max_feature_diff, "tolerance": parity.tolerance}}
+
+
+def export_targets(output: str, fmt: str) -> list[str]:
+    """The files an export writes: the .onnx, or an IR's .bin and .xml (in the order they are committed)."""
+    return [output] if fmt == "onnx" else [bin_path(output), output]
+
+
+@contextlib.contextmanager
+def staged(output: str, targets: list[str], prefix: str):
+    """(atomic files for `targets`, a work folder beside `output`) for one export: the files are made in the
+    work folder, checked, then moved into place by `commit_files`; on any error the atomic files are aborted
+    (nothing is left at `output`, a file already there is kept) and the work folder goes in every case."""
+    atomics: list = []
+    work = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(os.path.abspath(output)))
+    try:
+        open_targets(output, targets, atomics)
+        yield atomics, work
+    except BaseException:
+        for atomic in atomics:
+            atomic.abort()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def open_targets(output: str, targets: list[str], atomics: list) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import UsageError
-from .formats import DEFAULT_MIN_AGREEMENT, INPUT, METADATA_KEY, ExportedModel, bin_path, need
+from .formats import DEFAULT_MIN_AGREEMENT, INPUT, METADATA_KEY, ExportedModel, need, read_blobs
 from .preprocess import normalize
 from .resolve import Resolved
 
@@ -183,15 +183,6 @@ def _set_onnx_metadata(path: str, meta: dict) -> None:
     onnx.save_model(proto, path)
 
 
-def _blobs(fmt: str, paths: list[str]) -> tuple[bytes, ...]:
-    order = paths if fmt == "onnx" else [paths[1], paths[0]]  # OpenVINO: (xml, bin)
-    out = []
-    for p in order:
-        with open(p, "rb") as f:
-            out.append(f.read())
-    return tuple(out)
-
-
 def agreement(module, model: ExportedModel, preprocess, check_u8: torch.Tensor, names: list[str],
               reference: tuple | None = None, model_preprocess=None) -> tuple[Agreement, tuple]:
     """(Agreement, the float network's top-5) of the int8 `model` with the float `module` on `check_u8` ((N,
@@ -224,7 +215,7 @@ def _quantize(fmt, fp32_path, work, batches, exclude, meta, labels) -> tuple[lis
     else:
         paths = [os.path.join(work, "int8.bin"), os.path.join(work, "int8.xml")]
         _quantize_openvino(fp32_path, paths[1], batches, exclude, meta)
-    return paths, ExportedModel(fmt, _blobs(fmt, paths), paths[-1], len(labels))
+    return paths, read_blobs(paths[-1], fmt, len(labels))
 
 
 def sensitivity(module, fmt, fp32_path, work, batches, scopes, keep, preprocess, check_u8, names, labels,
@@ -293,7 +284,7 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
     "agreement": {"images", "top1", "top5_overlap", "top1_changed"}, "min_agreement", "seconds"}. Raises
     UsageError, with `advice` (when `advise`), when the top-1 agreement is below `min_agreement`: nothing is
     left at `output` then (a file already there stays as it was)."""
-    from .export import DEFAULT_OPSET, commit_files, metadata, open_targets, read_back, to_onnx
+    from .export import DEFAULT_OPSET, commit_files, export_targets, metadata, read_back, staged, to_onnx
 
     check_min_agreement(min_agreement)
     modules = dict(module.named_modules())
@@ -304,12 +295,8 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
     import onnx
 
     opset = opset or DEFAULT_OPSET
-    folder = os.path.dirname(os.path.abspath(output))
-    targets = [output] if fmt == "onnx" else [bin_path(output), output]
-    work = tempfile.mkdtemp(prefix=".export-int8-", dir=folder)
-    atomics = []
-    try:
-        open_targets(output, targets, atomics)
+    targets = export_targets(output, fmt)
+    with staged(output, targets, ".export-int8-") as (atomics, work):
         start = time.perf_counter()
         fp32_path = os.path.join(work, "fp32.onnx")
         to_onnx(module, weights.preprocess.crop, fp32_path, {}, opset)
@@ -336,12 +323,6 @@ def export_int8(module, weights: Resolved, labels: tuple[str, ...], fmt: str, ou
                 text += "; " + advice(rows, keep)
             raise UsageError(text)
         commit_files(atomics, paths)
-    except BaseException:
-        for atomic in atomics:
-            atomic.abort()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return {"model": output, "files": {p: os.path.getsize(p) for p in targets}, "format": fmt, "precision": "int8",
             "arch": weights.arch.name, "weights": weights.name, "method": METHODS[fmt],
             "calibration_images": min(len(calib_u8), MAX_CALIBRATION), "kept_fp32": list(keep),
